@@ -1,0 +1,98 @@
+"""Command line: ``rexec broker`` and ``python -m rexec_broker`` run the broker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rexec.auth import make_validator
+from rexec.auth_options import add_auth_arguments, auth_settings_from_args
+from rexec.credentials import load_key
+from rexec.errors import ConfigError
+from rexec_broker.config import (
+    DEFAULT_BACKEND,
+    DEFAULT_FRONTEND,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BrokerSettings,
+)
+
+
+def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run the Rexec broker: routes requests from authenticated clients to their "
+        "own user's worker. Options fall back to the environment variable named in their help.",
+    )
+    parser.add_argument(
+        "--frontend",
+        default=os.environ.get("REXEC_BROKER_FRONTEND", DEFAULT_FRONTEND),
+        help=f"client-facing bind address [REXEC_BROKER_FRONTEND, {DEFAULT_FRONTEND}]",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("REXEC_BROKER_BACKEND", DEFAULT_BACKEND),
+        help=f"worker-facing bind address [REXEC_BROKER_BACKEND, {DEFAULT_BACKEND}]",
+    )
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get("REXEC_SIGNING_KEY_FILE"),
+        help="key the spawner signs worker credentials with [REXEC_SIGNING_KEY_FILE]",
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        default=os.environ.get("REXEC_CURVE_SECRET_KEY_FILE"),
+        help="CurveZMQ secret key file; turns encryption on [REXEC_CURVE_SECRET_KEY_FILE]",
+    )
+    parser.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="allow non-loopback binds without CurveZMQ (private networks only)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=int(os.environ.get("REXEC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
+        help="largest message accepted [REXEC_MAX_MESSAGE_BYTES, %(default)s]",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_auth_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    from rexec_broker.server import Broker
+
+    parser = make_parser(prog)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.signing_key is None:
+            raise ConfigError("--signing-key is required (the spawner's worker signing key)")
+        settings = BrokerSettings(
+            signing_key_path=args.signing_key,
+            auth=auth_settings_from_args(args),
+            frontend=args.frontend,
+            backend=args.backend,
+            curve_secret_key_path=args.curve_secret_key,
+            allow_plaintext=args.allow_plaintext,
+            max_message_bytes=args.max_message_bytes,
+        )
+        broker = Broker(
+            settings, make_validator(settings.auth), load_key(settings.signing_key_path)
+        )
+    except ConfigError as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop())
+    signal.signal(signal.SIGINT, lambda *_: broker.stop())
+    broker.serve_forever()
+    return 0

@@ -1,0 +1,180 @@
+"""The broker's routing table: who is connected, as whom, and which requests are in flight.
+
+Pure data and rules, no sockets. Every identity here was established by the broker itself: a
+client's user comes from its validated token, a worker's user from its verified credential, and
+connection ids are the ones ZeroMQ assigned. Nothing taken from a message body is trusted for
+routing: a worker's response is forwarded only if this very worker was sent that request by that
+very client.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexec import protocol as p
+
+WorkerKey = tuple[str, str]  # (user, worker name)
+RequestKey = tuple[bytes, str]  # (client connection id, request id)
+
+MAX_INFLIGHT_PER_CLIENT = 10_000
+
+
+@dataclass
+class ClientConn:
+    rid: bytes
+    user: str
+    groups: tuple[str, ...]
+    worker: str
+    token: str = field(repr=False)
+    validated_at: float
+    inflight: set[str] = field(default_factory=set)
+    revalidating: bool = False
+
+    @property
+    def worker_key(self) -> WorkerKey:
+        return (self.user, self.worker)
+
+
+@dataclass
+class WorkerConn:
+    rid: bytes
+    user: str
+    name: str
+    info: dict[str, Any]
+    registered_at: float = field(default_factory=time.time)
+    stats: dict[str, Any] = field(default_factory=dict)
+    inflight: set[RequestKey] = field(default_factory=set)
+
+    @property
+    def key(self) -> WorkerKey:
+        return (self.user, self.name)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+
+
+class RoutingTable:
+    def __init__(self) -> None:
+        self.clients: dict[bytes, ClientConn] = {}
+        self.workers: dict[bytes, WorkerConn] = {}
+        self.worker_by_key: dict[WorkerKey, bytes] = {}
+        self.clients_by_key: dict[WorkerKey, set[bytes]] = {}
+        self.inflight: dict[RequestKey, bytes] = {}
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def add_client(self, conn: ClientConn) -> list[RequestKey]:
+        """Bind a connection to a user; a re-hello on the same connection replaces the old one."""
+        orphaned = self.remove_client(conn.rid) if conn.rid in self.clients else []
+        self.clients[conn.rid] = conn
+        self.clients_by_key.setdefault(conn.worker_key, set()).add(conn.rid)
+        return orphaned
+
+    def remove_client(self, rid: bytes) -> list[tuple[bytes, str]]:
+        """Forget a client; return (worker rid, request id) of its requests still running."""
+        conn = self.clients.pop(rid, None)
+        if conn is None:
+            return []
+        peers = self.clients_by_key.get(conn.worker_key)
+        if peers is not None:
+            peers.discard(rid)
+            if not peers:
+                del self.clients_by_key[conn.worker_key]
+        running = []
+        for request_id in conn.inflight:
+            worker_rid = self.inflight.pop((rid, request_id), None)
+            if worker_rid is not None:
+                running.append((worker_rid, request_id))
+                worker = self.workers.get(worker_rid)
+                if worker is not None:
+                    worker.inflight.discard((rid, request_id))
+        return running
+
+    def worker_for(self, client: ClientConn) -> WorkerConn | None:
+        rid = self.worker_by_key.get(client.worker_key)
+        return None if rid is None else self.workers.get(rid)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def register_worker(self, conn: WorkerConn) -> WorkerConn | None:
+        """Register a worker; return the connection it replaces for the same user and name."""
+        replaced = None
+        old_rid = self.worker_by_key.get(conn.key)
+        if old_rid is not None and old_rid != conn.rid:
+            replaced = self.workers.get(old_rid)
+        if conn.rid in self.workers:
+            self.workers[conn.rid].info = conn.info
+            return replaced
+        self.workers[conn.rid] = conn
+        self.worker_by_key[conn.key] = conn.rid
+        return replaced
+
+    def remove_worker(self, rid: bytes) -> tuple[WorkerConn | None, list[RequestKey]]:
+        """Forget a worker; return it and the (client rid, request id) of its lost requests."""
+        conn = self.workers.pop(rid, None)
+        if conn is None:
+            return None, []
+        if self.worker_by_key.get(conn.key) == rid:
+            del self.worker_by_key[conn.key]
+        lost = sorted(conn.inflight)
+        for key in lost:
+            self.inflight.pop(key, None)
+            client = self.clients.get(key[0])
+            if client is not None:
+                client.inflight.discard(key[1])
+        conn.inflight.clear()
+        return conn, lost
+
+    # -- requests --------------------------------------------------------------------------
+
+    def start_request(self, client_rid: bytes, request_id: str) -> WorkerConn | Refusal:
+        """Record a new request of an authenticated client and pick its user's worker."""
+        client = self.clients.get(client_rid)
+        if client is None:
+            return Refusal(p.E_UNAUTHENTICATED, "say hello with a token before sending requests")
+        if request_id in client.inflight:
+            return Refusal(p.E_BAD_MESSAGE, f"request id {request_id!r} is already in flight")
+        if len(client.inflight) >= MAX_INFLIGHT_PER_CLIENT:
+            return Refusal(
+                p.E_BUSY, "too many requests in flight on this connection; wait for some"
+            )
+        worker = self.worker_for(client)
+        if worker is None:
+            return Refusal(
+                p.E_NO_WORKER,
+                f"no worker named {client.worker!r} is registered for user {client.user!r}; "
+                "ask the spawner to start one",
+            )
+        client.inflight.add(request_id)
+        worker.inflight.add((client_rid, request_id))
+        self.inflight[(client_rid, request_id)] = worker.rid
+        return worker
+
+    def followup_target(self, client_rid: bytes, request_id: str) -> bytes | None:
+        """The worker of a request this client has in flight (for next/cancel), else None."""
+        return self.inflight.get((client_rid, request_id))
+
+    def route_response(
+        self, worker_rid: bytes, tag: bytes, request_id: str, terminal: bool
+    ) -> bytes | None:
+        """The client a worker message may go to, or None if the worker has no such request."""
+        key = (tag, request_id)
+        if self.inflight.get(key) != worker_rid:
+            return None
+        if terminal:
+            self.finish_request(key)
+        return tag
+
+    def finish_request(self, key: RequestKey) -> None:
+        worker_rid = self.inflight.pop(key, None)
+        client = self.clients.get(key[0])
+        if client is not None:
+            client.inflight.discard(key[1])
+        worker = self.workers.get(worker_rid) if worker_rid is not None else None
+        if worker is not None:
+            worker.inflight.discard(key)

@@ -1,0 +1,450 @@
+"""The broker's socket loop: a ROUTER for clients, a ROUTER for workers, one thread.
+
+The loop never blocks on anything but ``poll``. Token validation that misses the cache runs on a
+thread pool and its result comes back through a self-pipe. Payload frames are forwarded as
+received (zero-copy) and never deserialized; only the bounded header frame is parsed.
+
+Dead peers are found without trusting app-level heartbeats (a busy worker may hold its GIL for
+minutes): libzmq's ZMTP heartbeats close dead connections, the socket monitors report the close,
+and the broker then probes its peers with ROUTER_MANDATORY sends, which fail for connections that
+no longer exist.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from rexec import protocol as p
+from rexec.auth import Identity, TokenValidator
+from rexec.credentials import verify_worker_credential
+from rexec.errors import AuthError, AuthUnavailable, ProtocolError
+from rexec.transport import (
+    Waker,
+    load_curve_secret,
+    make_router,
+    open_monitor,
+    read_monitor_events,
+)
+from rexec_broker.config import BrokerSettings
+from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
+
+log = logging.getLogger("rexec.broker")
+
+MAX_TOKEN_CHARS = 8192
+MAX_INFO_KEYS = 32
+SWEEP_INTERVAL = 5.0
+PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
+
+
+@dataclass
+class _Validation:
+    rid: bytes
+    token: str
+    worker: str
+    info: dict[str, Any]
+    revalidate: bool
+    future: Future[Identity]
+
+
+class Broker:
+    """Routes requests from authenticated clients to their own user's worker and back."""
+
+    def __init__(self, settings: BrokerSettings, validator: TokenValidator, signing_key: bytes):
+        settings.check()
+        self.settings = settings
+        self._validator = validator
+        self._signing_key = signing_key
+        self._curve_secret = (
+            load_curve_secret(settings.curve_secret_key_path)
+            if settings.curve_secret_key_path
+            else None
+        )
+        self.table = RoutingTable()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._context = zmq.Context(io_threads=2)
+        self.frontend = make_router(
+            self._context, settings.frontend, self._curve_secret, settings.max_message_bytes
+        )
+        self.backend = make_router(
+            self._context, settings.backend, self._curve_secret, settings.max_message_bytes
+        )
+        self._monitors = {
+            open_monitor(self.frontend): "clients",
+            open_monitor(self.backend): "workers",
+        }
+        self._pool = ThreadPoolExecutor(settings.validation_threads, "rexec-auth")
+        self._validations: collections.deque[_Validation] = collections.deque()
+        self._pending_hello: dict[bytes, int] = {}
+        self._hello_serial = 0
+        self._waker = Waker()
+        self._stop = threading.Event()
+        self._probe_at: list[tuple[float, str]] = []
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+
+    @property
+    def frontend_url(self) -> str:
+        return str(self.frontend.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    @property
+    def backend_url(self) -> str:
+        return str(self.backend.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._waker.wake()
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.frontend, self.backend, *self._monitors):
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._waker, zmq.POLLIN)
+        log.info("broker serving clients on %s, workers on %s", self.frontend_url, self.backend_url)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self.frontend in events:
+                    self._drain(self.frontend, self._handle_client)
+                if self.backend in events:
+                    self._drain(self.backend, self._handle_worker)
+                for monitor, side in self._monitors.items():
+                    if monitor in events and zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
+                        now = time.monotonic()
+                        self._probe_at.extend((now + delay, side) for delay in PROBE_DELAYS)
+                if self._waker.fileno() in events:
+                    self._waker.drain()
+                self._finish_validations()
+                self._run_timers()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self.frontend.close(linger=0)
+        self.backend.close(linger=0)
+        self._context.term()
+        self._waker.close()
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = min([self._next_sweep, *(at for at, _ in self._probe_at)])
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+        for _ in range(500):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            rid = frames[0].bytes
+            if not rid.startswith(b"\0"):
+                # Peer-chosen identities could be reused to inherit another connection's state.
+                self.stats["refused_custom_identity"] += 1
+                continue
+            try:
+                handler(rid, frames[1:])
+            except Exception:
+                log.exception("broker failed to handle a message; dropped it")
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.Socket, rid: bytes, frames: list[Any]) -> bool:
+        """Send to one connection; False when it no longer exists or cannot take more."""
+        try:
+            sock.send_multipart([rid, *frames], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                if sock is self.frontend:
+                    self._drop_client(rid)
+                else:
+                    self._drop_worker(rid, "the worker's connection closed")
+            else:
+                self.stats["send_failed"] += 1
+            return False
+
+    def _to_client(self, rid: bytes, frames: list[Any]) -> bool:
+        return self._send(self.frontend, rid, frames)
+
+    def _to_worker(self, rid: bytes, tag: bytes, frames: list[Any]) -> bool:
+        return self._send(self.backend, rid, [tag, *frames])
+
+    def _fail_request(self, client_rid: bytes, request_id: str, code: str, message: str) -> None:
+        self._to_client(client_rid, p.make_error_reply(request_id, code, message))
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def _handle_client(self, rid: bytes, frames: list[zmq.Frame]) -> None:
+        if not frames:
+            return
+        try:
+            header = p.parse_header(frames[0].buffer, p.CLIENT_TO_BROKER)
+        except ProtocolError as exc:
+            code = p.E_PROTOCOL_VERSION if "version" in str(exc) else p.E_BAD_MESSAGE
+            self._to_client(rid, p.make_refused(code, str(exc)))
+            return
+        msg_type = header["t"]
+        size = p.message_size(frames)
+        if size > self.settings.max_message_bytes:
+            if msg_type == p.REQUEST and "id" in header:
+                self._fail_request(rid, header["id"], p.E_TOO_LARGE, self._too_large(size))
+            return
+        if msg_type == p.REQUEST:
+            self._client_request(rid, header, frames)
+        elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
+            self._client_followup(rid, header, frames)
+        elif msg_type == p.PING:
+            known = rid in self.table.clients
+            self._to_client(
+                rid,
+                p.make_pong() if known else p.make_refused(p.E_UNAUTHENTICATED, "say hello again"),
+            )
+        elif msg_type == p.HELLO:
+            self._client_hello(rid, header)
+
+    def _too_large(self, size: int) -> str:
+        limit = self.settings.max_message_bytes
+        return (
+            f"message of {size:,} bytes exceeds the broker's limit of {limit:,} bytes; "
+            "send large data in pieces or from shared storage"
+        )
+
+    def _client_request(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
+        request_id = header.get("id")
+        if not isinstance(request_id, str):
+            self._to_client(rid, p.make_refused(p.E_BAD_MESSAGE, "a request needs an id"))
+            return
+        target = self.table.start_request(rid, request_id)
+        if isinstance(target, Refusal):
+            self._fail_request(rid, request_id, target.code, target.message)
+            return
+        self._maybe_revalidate(self.table.clients[rid])
+        delivered = self._to_worker(target.rid, rid, frames)
+        if not delivered and self.table.followup_target(rid, request_id):
+            self.table.finish_request((rid, request_id))
+            self._fail_request(rid, request_id, p.E_BUSY, "the worker is not accepting work")
+
+    def _client_followup(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
+        request_id = header.get("id")
+        worker_rid = self.table.followup_target(rid, request_id) if request_id else None
+        if worker_rid is None:
+            if header["t"] == p.NEXT and request_id:
+                self._fail_request(rid, request_id, p.E_UNKNOWN_REQUEST, "no such request")
+            return
+        self._to_worker(worker_rid, rid, frames)
+
+    def _client_hello(self, rid: bytes, header: dict[str, Any]) -> None:
+        token = header.get("token")
+        worker = header.get("worker", "default")
+        info = header.get("info") or {}
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            self._to_client(rid, p.make_refused(p.E_AUTH_FAILED, "hello needs a token"))
+            return
+        if not p.valid_worker_name(worker):
+            self._to_client(
+                rid,
+                p.make_refused(p.E_BAD_MESSAGE, f"worker name must match {p.WORKER_NAME_PATTERN}"),
+            )
+            return
+        if not isinstance(info, dict) or len(info) > MAX_INFO_KEYS:
+            info = {}
+        self._hello_serial += 1
+        self._pending_hello[rid] = self._hello_serial
+        try:
+            identity = self._validator.peek(token)
+        except AuthError as exc:
+            self._refuse_auth(rid, exc)
+            return
+        if identity is not None:
+            self._accept_client(rid, token, worker, identity)
+            return
+        self._submit_validation(rid, token, worker, info, revalidate=False)
+
+    def _submit_validation(
+        self, rid: bytes, token: str, worker: str, info: dict[str, Any], revalidate: bool
+    ) -> None:
+        future = self._pool.submit(self._validator.validate, token)
+        job = _Validation(rid, token, worker, info, revalidate, future)
+        future.add_done_callback(lambda _f: (self._validations.append(job), self._waker.wake()))
+
+    def _finish_validations(self) -> None:
+        while self._validations:
+            job = self._validations.popleft()
+            try:
+                identity = job.future.result()
+            except (AuthError, Exception) as exc:  # AuthUnavailable is an AuthError
+                self._validation_failed(job, exc)
+                continue
+            if job.revalidate:
+                client = self.table.clients.get(job.rid)
+                if client is not None:
+                    client.revalidating = False
+                    client.validated_at = time.monotonic()
+            elif job.rid in self._pending_hello:
+                self._accept_client(job.rid, job.token, job.worker, identity)
+
+    def _validation_failed(self, job: _Validation, exc: BaseException) -> None:
+        if not isinstance(exc, AuthError):
+            log.error("token validation crashed: %s", type(exc).__name__)
+            exc = AuthUnavailable("token validation failed inside the broker; see its log")
+        if job.revalidate:
+            client = self.table.clients.get(job.rid)
+            if client is None:
+                return
+            client.revalidating = False
+            if isinstance(exc, AuthUnavailable):
+                client.validated_at = time.monotonic() - self.settings.auth.cache_ttl + 10
+                return
+            log.info("token of user %s is no longer valid; closing its session", client.user)
+            self._drop_client(job.rid)
+            self._to_client(
+                job.rid, p.make_refused(p.E_AUTH_FAILED, "your token is no longer valid")
+            )
+        elif job.rid in self._pending_hello:
+            self._refuse_auth(job.rid, exc)
+
+    def _refuse_auth(self, rid: bytes, exc: BaseException) -> None:
+        self._pending_hello.pop(rid, None)
+        code = p.E_AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else p.E_AUTH_FAILED
+        self.stats[code] += 1
+        self._to_client(rid, p.make_refused(code, str(exc)))
+
+    def _accept_client(self, rid: bytes, token: str, worker: str, identity: Identity) -> None:
+        self._pending_hello.pop(rid, None)
+        current = self.table.clients.get(rid)
+        conn = ClientConn(rid, identity.user, identity.groups, worker, token, time.monotonic())
+        if current is not None and current.worker_key == conn.worker_key:
+            current.token, current.validated_at = token, conn.validated_at
+            conn = current
+        else:
+            self._cancel_on_workers(rid, self.table.add_client(conn))
+        worker_conn = self.table.worker_for(conn)
+        info = worker_conn.info if worker_conn else None
+        log.info("client connected: user=%s worker=%s", identity.user, worker)
+        self._to_client(
+            rid, p.make_welcome(identity.user, worker, info, self.settings.max_message_bytes)
+        )
+
+    def _maybe_revalidate(self, client: ClientConn) -> None:
+        age = time.monotonic() - client.validated_at
+        if age > self.settings.auth.cache_ttl and not client.revalidating:
+            client.revalidating = True
+            self._submit_validation(client.rid, client.token, client.worker, {}, revalidate=True)
+
+    def _drop_client(self, rid: bytes) -> None:
+        self._pending_hello.pop(rid, None)
+        self._cancel_on_workers(rid, self.table.remove_client(rid))
+
+    def _cancel_on_workers(self, client_rid: bytes, running: list[tuple[bytes, str]]) -> None:
+        for worker_rid, request_id in running:
+            self._to_worker(worker_rid, client_rid, p.make_cancel(request_id))
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _handle_worker(self, rid: bytes, frames: list[zmq.Frame]) -> None:
+        if len(frames) < 2:
+            return
+        tag = frames[0].bytes
+        try:
+            header = p.parse_header(frames[1].buffer, p.WORKER_TO_BROKER)
+        except ProtocolError as exc:
+            self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
+            return
+        msg_type = header["t"]
+        worker = self.table.workers.get(rid)
+        if msg_type == p.REGISTER:
+            self._worker_register(rid, header)
+            return
+        if worker is None:
+            self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_UNAUTHENTICATED, "register first"))
+            return
+        if msg_type == p.PING:
+            if isinstance(header.get("stats"), dict):
+                worker.stats = header["stats"]
+            self._to_worker(rid, p.NO_TAG, p.make_pong())
+            return
+        request_id = header.get("id")
+        terminal = msg_type == p.REPLY
+        client_rid = (
+            self.table.route_response(rid, tag, request_id, terminal) if request_id else None
+        )
+        if client_rid is None:
+            self.stats["dropped_unrouted"] += 1
+            return
+        size = p.message_size(frames)
+        if size > self.settings.max_message_bytes:
+            if not terminal:
+                self.table.finish_request((client_rid, request_id))
+                self._to_worker(rid, client_rid, p.make_cancel(request_id))
+            self._fail_request(client_rid, request_id, p.E_TOO_LARGE, self._too_large(size))
+            return
+        self._to_client(client_rid, frames[1:])
+
+    def _worker_register(self, rid: bytes, header: dict[str, Any]) -> None:
+        try:
+            claims = verify_worker_credential(self._signing_key, header.get("credential", ""))
+        except AuthError as exc:
+            self.stats["worker_refused"] += 1
+            self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_AUTH_FAILED, str(exc)))
+            return
+        info = header.get("info")
+        info = info if isinstance(info, dict) and len(info) <= MAX_INFO_KEYS else {}
+        existing = self.table.workers.get(rid)
+        if existing is not None and existing.key != (claims.user, claims.worker):
+            self._drop_worker(rid, "the worker re-registered as someone else")
+        replaced = self.table.register_worker(WorkerConn(rid, claims.user, claims.worker, info))
+        if replaced is not None:
+            self._drop_worker(replaced.rid, "the worker was replaced by a new one")
+            self._to_worker(
+                replaced.rid, p.NO_TAG, p.make_refused(p.E_REPLACED, "a newer worker registered")
+            )
+        log.info("worker registered: user=%s worker=%s", claims.user, claims.worker)
+        self._to_worker(
+            rid,
+            p.NO_TAG,
+            p.make_registered(claims.user, claims.worker, self.settings.max_message_bytes),
+        )
+        self._notify_clients((claims.user, claims.worker), "online", info)
+
+    def _drop_worker(self, rid: bytes, reason: str) -> None:
+        conn, lost = self.table.remove_worker(rid)
+        if conn is None:
+            return
+        log.info("worker gone: user=%s worker=%s (%s)", conn.user, conn.name, reason)
+        message = (
+            f"the worker {conn.name!r} died or disconnected while running this request "
+            f"({reason}); its state is lost. The next call starts a new worker"
+        )
+        for client_rid, request_id in lost:
+            self._fail_request(client_rid, request_id, p.E_WORKER_DIED, message)
+        if self.table.worker_by_key.get(conn.key) is None:
+            self._notify_clients(conn.key, "offline", conn.info)
+
+    def _notify_clients(self, key: tuple[str, str], state: str, info: dict[str, Any]) -> None:
+        for client_rid in list(self.table.clients_by_key.get(key, ())):
+            self._to_client(client_rid, p.make_worker_state(state, key[1], info))
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        due = {side for at, side in self._probe_at if at <= now}
+        self._probe_at = [(at, side) for at, side in self._probe_at if at > now]
+        if now >= self._next_sweep:
+            due |= {"clients", "workers"}
+            self._next_sweep = now + SWEEP_INTERVAL
+        if "workers" in due:
+            for rid in list(self.table.workers):
+                self._to_worker(rid, p.NO_TAG, p.make_probe())
+        if "clients" in due:
+            for rid in list(self.table.clients):
+                self._to_client(rid, p.make_probe())

@@ -1,0 +1,5 @@
+import sys
+
+from rexec.cli import main
+
+sys.exit(main())

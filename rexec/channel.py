@@ -1,0 +1,286 @@
+"""A connection to the broker, owned by one I/O thread.
+
+ZeroMQ sockets must not be shared between threads, so one thread owns the DEALER socket. Other
+threads hand it messages through ``send`` (a deque plus a self-pipe wake-up), and it hands
+inbound messages to a callback. Both the client session and the worker use this class.
+
+The channel greets the broker (``hello`` or ``register``) every time a connection is established
+and whenever the broker says it does not know this peer (after a broker restart). Messages sent
+with ``hold=True`` wait until the greeting is accepted, so a request never reaches a broker that
+would refuse it as unauthenticated.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from rexec import protocol as p
+from rexec.errors import ProtocolError
+from rexec.transport import (
+    HANDSHAKE_FAILURES,
+    Waker,
+    make_dealer,
+    open_monitor,
+    read_monitor_events,
+)
+
+log = logging.getLogger(__name__)
+
+# (header, payload frames, route tag) -- the tag is None on a client's channel.
+MessageHandler = Callable[[dict[str, Any], list[zmq.Frame], bytes | None], None]
+# An outbox entry is a message, or a callable run on the I/O thread when it is its turn, returning
+# messages. Output streams use callables so text written meanwhile is coalesced into one message.
+Deferred = Callable[[], list[Sequence[Any]]]
+EventHandler = Callable[[str, dict[str, Any] | None], None]
+
+# Events reported to the owner.
+CONNECTED = "connected"
+READY = "ready"
+DISCONNECTED = "disconnected"
+REFUSED = "refused"
+UNRESPONSIVE = "unresponsive"
+HANDSHAKE_FAILED = "handshake_failed"
+
+
+class BrokerChannel:
+    """A DEALER connection to the broker with its own I/O thread."""
+
+    def __init__(
+        self,
+        url: str,
+        server_public_key: str | None,
+        *,
+        greeting: Callable[[], list[bytes]],
+        ready_type: str,
+        on_message: MessageHandler,
+        on_event: EventHandler,
+        allowed_types: frozenset[str],
+        tagged: bool = False,
+        ping_stats: Callable[[], dict[str, Any]] | None = None,
+        ping_interval: float = 1.0,
+        unresponsive_after: float = 10.0,
+        name: str = "rexec-io",
+    ) -> None:
+        self.url = url
+        self._server_public_key = server_public_key
+        self._greeting = greeting
+        self._ready_type = ready_type
+        self._on_message = on_message
+        self._on_event = on_event
+        self._allowed = allowed_types | {p.PONG, p.REFUSED, p.PROBE, ready_type}
+        self._ping_interval = ping_interval
+        self._unresponsive_after = unresponsive_after
+        self._tagged = tagged
+        self._ping_stats = ping_stats
+        self._outbox: collections.deque[Sequence[Any] | Deferred] = collections.deque()
+        self._held: collections.OrderedDict[object, Sequence[Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._waker = Waker()
+        self._closing = threading.Event()
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._ready = False
+        self._connected = False
+        self._last_received = time.monotonic()
+        self._last_sent = 0.0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- API for other threads -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(10)
+        if self._start_error is not None:
+            raise self._start_error
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def send(self, frames: Sequence[Any], *, hold: bool = False, key: object = None) -> None:
+        """Queue ``frames`` for the broker; with ``hold`` only once the greeting was accepted."""
+        with self._lock:
+            if hold and not self._ready:
+                self._held[key if key is not None else object()] = frames
+                return
+            self._outbox.append(frames)
+        self._waker.wake()
+
+    def send_later(self, produce: Deferred) -> None:
+        """Queue a callable that returns the messages to send once it is its turn."""
+        with self._lock:
+            self._outbox.append(produce)
+        self._waker.wake()
+
+    def is_held(self, key: object) -> bool:
+        with self._lock:
+            return key in self._held
+
+    def withdraw(self, key: object) -> bool:
+        """Drop a held message that was not sent yet; True if it was still held."""
+        with self._lock:
+            return self._held.pop(key, None) is not None
+
+    def regreet(self) -> None:
+        """Forget the session and greet the broker again (e.g. after a refusal)."""
+        with self._lock:
+            self._ready = False
+            self._outbox.append(self._connection_message(self._greeting()))
+        self._waker.wake()
+
+    def _connection_message(self, frames: list[bytes]) -> list[bytes]:
+        return [p.NO_TAG, *frames] if self._tagged else frames
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._closing.set()
+        self._waker.wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    # -- the I/O thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        context = zmq.Context(io_threads=1)
+        try:
+            sock = make_dealer(context, self.url, self._server_public_key)
+            monitor = open_monitor(sock)
+        except BaseException as exc:  # reported to start(); nothing to clean up but the context
+            self._start_error = exc
+            self._started.set()
+            context.term()
+            return
+        self._started.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        poller.register(self._waker, zmq.POLLIN)
+        try:
+            self._loop(sock, monitor, poller)
+        except Exception:
+            log.exception("broker channel I/O thread failed")
+            self._on_event(DISCONNECTED, None)
+        finally:
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            context.term()
+            self._waker.close()
+
+    def _loop(self, sock: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller) -> None:
+        want_out = False
+        while not self._closing.is_set():
+            now = time.monotonic()
+            next_ping = self._last_sent + self._ping_interval
+            timeout_ms = max(0, int((next_ping - now) * 1000)) if self._connected else 500
+            if want_out:
+                poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+            events = dict(poller.poll(timeout_ms))
+            if want_out:
+                poller.modify(sock, zmq.POLLIN)
+            if monitor in events:
+                self._handle_monitor(read_monitor_events(monitor))
+            if sock in events and events[sock] & zmq.POLLIN:
+                self._receive(sock)
+            if self._waker.fileno() in events:
+                self._waker.drain()
+            want_out = not self._flush(sock)
+            self._keepalive(sock)
+
+    def _handle_monitor(self, events: list[int]) -> None:
+        for event in events:
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._connected = True
+                self._last_received = time.monotonic()
+                self._on_event(CONNECTED, None)
+                self.regreet()
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._connected = False
+                self._ready = False
+                self._on_event(DISCONNECTED, None)
+            elif event in HANDSHAKE_FAILURES:
+                self._on_event(HANDSHAKE_FAILED, {"event": event})
+
+    def _receive(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._last_received = time.monotonic()
+            start = 1 if self._tagged else 0
+            if len(frames) <= start:
+                continue
+            try:
+                header = p.parse_header(frames[start].buffer, self._allowed)
+            except ProtocolError as exc:
+                log.warning("dropped a malformed message from the broker: %s", exc)
+                continue
+            tag = frames[0].bytes if self._tagged else None
+            self._dispatch(header, frames[start + 1 :], tag)
+
+    def _dispatch(
+        self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
+    ) -> None:
+        msg_type = header["t"]
+        if msg_type in (p.PONG, p.PROBE):
+            return
+        if msg_type == p.REFUSED:
+            code = (header.get("error") or {}).get("code")
+            if code == p.E_UNAUTHENTICATED:
+                self.regreet()
+            else:
+                self._on_event(REFUSED, header)
+            return
+        if msg_type == self._ready_type:
+            with self._lock:
+                self._ready = True
+                self._outbox.extend(self._held.values())
+                self._held.clear()
+            self._on_message(header, payload, tag)
+            self._on_event(READY, header)
+            return
+        self._on_message(header, payload, tag)
+
+    def _flush(self, sock: zmq.Socket) -> bool:
+        """Send queued messages; False if the socket is full and some remain."""
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return True
+                entry = self._outbox[0]
+            if callable(entry):
+                produced = entry()
+                with self._lock:
+                    self._outbox.popleft()
+                    self._outbox.extendleft(reversed(produced))
+                continue
+            try:
+                sock.send_multipart(entry, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            with self._lock:
+                self._outbox.popleft()
+            self._last_sent = time.monotonic()
+
+    def _keepalive(self, sock: zmq.Socket) -> None:
+        if not self._connected:
+            return
+        now = time.monotonic()
+        if now - self._last_received > self._unresponsive_after:
+            self._last_received = now
+            self._ready = False
+            self._on_event(UNRESPONSIVE, None)
+            self.regreet()
+        elif now - self._last_sent >= self._ping_interval:
+            try:
+                stats = self._ping_stats() if self._ping_stats else None
+                sock.send_multipart(self._connection_message(p.make_ping(stats)), flags=zmq.NOBLOCK)
+                self._last_sent = now
+            except zmq.Again:
+                pass

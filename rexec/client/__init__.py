@@ -1,0 +1,1 @@
+"""The Rexec client: sessions, ``remote_func`` and output handling."""

@@ -1,0 +1,572 @@
+"""A client session: one authenticated connection to the broker, and the user's worker behind it.
+
+``Session.call`` ships a function and its arguments and returns the result; ``execute`` runs a
+cell in the worker's persistent namespace; output streams back live through an output handler
+while the request runs. Every wait has a deadline or ends when the connection or the worker is
+known to be gone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from rexec import protocol as p
+from rexec import serialization as ser
+from rexec.channel import DISCONNECTED, READY, REFUSED, UNRESPONSIVE, BrokerChannel
+from rexec.client.outputs import ConsoleOutput, OutputHandler
+from rexec.client.replies import raise_for_reply
+from rexec.client.skew import check_skew, local_info
+from rexec.client.spawner import SpawnerClient
+from rexec.errors import (
+    AuthError,
+    AuthUnavailable,
+    CallTimeout,
+    ConfigError,
+    ConnectionLost,
+    PayloadTooLarge,
+    WorkerUnavailable,
+)
+from rexec.profile import Profile, load_profile
+
+CONNECT_TIMEOUT = 30.0
+WORKER_READY_TIMEOUT = 120.0
+CANCEL_GRACE = 5.0
+_LOST = "_lost"
+
+
+class _Pending:
+    """A request waiting for its messages."""
+
+    def __init__(self, request_id: str) -> None:
+        self.id = request_id
+        self.events: queue.Queue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.Queue()
+
+
+class Session:
+    """An authenticated session with the broker for one user and one worker name."""
+
+    def __init__(
+        self,
+        profile: Profile | None = None,
+        *,
+        spawn: bool = True,
+        worker_ready_timeout: float = WORKER_READY_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.profile = profile or load_profile()
+        self.profile.require_token()
+        self._spawn = spawn and bool(self.profile.spawner_url)
+        self._worker_ready_timeout = worker_ready_timeout
+        self._connect_timeout = connect_timeout
+        self._progress = progress or _print_progress
+        self._spawner = (
+            SpawnerClient(self.profile.spawner_url, self.profile.require_token())
+            if self.profile.spawner_url
+            else None
+        )
+        self._ids = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:8]
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._welcome = threading.Event()
+        self._worker_online = threading.Condition(self._lock)
+        self._refusal: dict[str, Any] | None = None
+        self._shipper = ser.FunctionShipper()
+        self._worker_has: set[str] = set()
+        self._executor: ThreadPoolExecutor | None = None
+        self._channel: BrokerChannel | None = None
+        self._closed = False
+        self.user: str | None = None
+        self.worker_info: dict[str, Any] | None = None
+        self.max_bytes = 512 * 1024 * 1024
+        self.skew_warnings: list[str] = []
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connect(self) -> Session:
+        """Start the worker if needed and authenticate with the broker. Idempotent."""
+        if self._channel is not None:
+            return self
+        broker_url, public_key = self.profile.broker_url, self.profile.broker_public_key
+        if self._spawner is not None:
+            if self._spawn:
+                status = self._ensure_worker()
+                broker = status.get("broker") or {}
+            else:
+                broker = self._spawner.broker()
+            broker_url = broker_url or broker.get("url")
+            public_key = public_key or broker.get("public_key")
+        if not broker_url:
+            raise ConfigError("no broker address: set REXEC_BROKER_URL or REXEC_SPAWNER_URL")
+        channel = BrokerChannel(
+            broker_url,
+            public_key,
+            greeting=self._hello,
+            ready_type=p.WELCOME,
+            on_message=self._on_message,
+            on_event=self._on_event,
+            allowed_types=frozenset({p.REPLY, p.OUTPUT, p.ITEM, p.WORKER_STATE}),
+            name="rexec-client-io",
+        )
+        self._channel = channel
+        channel.start()
+        if not self._welcome.wait(self._connect_timeout):
+            self.close()
+            raise ConnectionLost(
+                f"no answer from the broker at {broker_url} within {self._connect_timeout:.0f} s; "
+                "check the address and that the broker runs (`rexec status`)"
+            )
+        if self._refusal is not None:
+            refusal = self._refusal
+            self.close()
+            raise _refusal_error(refusal)
+        return self
+
+    def _hello(self) -> list[bytes]:
+        return p.make_hello(self.profile.require_token(), self.profile.worker, local_info())
+
+    def _ensure_worker(self) -> dict[str, Any]:
+        assert self._spawner is not None
+        return self._spawner.ensure_worker(
+            self.profile.worker, self._worker_ready_timeout, self._progress
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._spawner is not None:
+            self._spawner.close()
+        self._fail_all("the session was closed")
+
+    def __enter__(self) -> Session:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def delete_worker(self) -> bool:
+        """Ask the spawner to stop this user's worker (its state is lost)."""
+        if self._spawner is None:
+            raise ConfigError("deleting a worker needs the spawner URL (REXEC_SPAWNER_URL)")
+        return self._spawner.delete_worker(self.profile.worker)
+
+    # -- channel callbacks (I/O thread) ----------------------------------------------------
+
+    def _on_message(
+        self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
+    ) -> None:
+        msg_type = header["t"]
+        if msg_type == p.WELCOME:
+            self.user = header.get("user")
+            self.max_bytes = int(header.get("max_bytes") or self.max_bytes)
+            self._set_worker_info(header.get("worker_info"))
+            return
+        if msg_type == p.WORKER_STATE:
+            info = header.get("worker_info") if header.get("state") == "online" else None
+            self._set_worker_info(info)
+            return
+        with self._lock:
+            pending = self._pending.get(header.get("id", ""))
+        if pending is not None:
+            pending.events.put((header, payload))
+
+    def _set_worker_info(self, info: dict[str, Any] | None) -> None:
+        with self._lock:
+            changed = info is not None and info != self.worker_info
+            self.worker_info = info
+            if changed:
+                self._worker_has.clear()
+                self.skew_warnings = check_skew(info or {})
+                for message in self.skew_warnings:
+                    warnings.warn(message, stacklevel=2)
+            self._worker_online.notify_all()
+
+    def _on_event(self, event: str, header: dict[str, Any] | None) -> None:
+        if event == READY:
+            self._refusal = None
+            self._welcome.set()
+        elif event == REFUSED and header is not None:
+            self._refusal = header.get("error") or {}
+            self._welcome.set()
+            self._fail_all(None, refusal=self._refusal)
+        elif event in (DISCONNECTED, UNRESPONSIVE):
+            self._fail_all(
+                "lost the connection to the broker while this request was in flight; it may or "
+                "may not have run. Retry it; the session reconnects by itself"
+            )
+
+    def _fail_all(self, message: str | None, refusal: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+        held = set()
+        for item in pending:
+            if self._channel is not None and not self._closed and self._channel.is_held(item.id):
+                held.add(item.id)
+        for item in pending:
+            if item.id not in held:
+                error = refusal or {"code": _LOST, "message": message}
+                item.events.put(({"t": _LOST, "error": error}, []))
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _start(self, frames_for: Callable[[str], list[Any]]) -> tuple[_Pending, list[Any]]:
+        self.connect()
+        assert self._channel is not None
+        request_id = self._new_id()
+        frames = frames_for(request_id)
+        size = p.message_size(frames)
+        if size > self.max_bytes:
+            raise PayloadTooLarge(
+                f"this request is {size:,} bytes, over the broker's limit of {self.max_bytes:,}; "
+                "pass large data in pieces or through shared storage"
+            )
+        pending = _Pending(request_id)
+        with self._lock:
+            self._pending[request_id] = pending
+        self._channel.send(frames, hold=True, key=request_id)
+        return pending, frames
+
+    def _resend(self, pending: _Pending, frames: list[Any]) -> None:
+        assert self._channel is not None
+        self._channel.send(frames, hold=True, key=pending.id)
+
+    def _finish(self, pending: _Pending) -> None:
+        with self._lock:
+            self._pending.pop(pending.id, None)
+        if self._channel is not None:
+            self._channel.withdraw(pending.id)
+
+    def _next_message(
+        self, pending: _Pending, deadline: float | None, output: OutputHandler
+    ) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        """Wait for the next item or reply of ``pending``, handing outputs to ``output``."""
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                header, payload = pending.events.get(timeout=wait)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise CallTimeout("the request did not finish before its deadline") from None
+                if self._closed:
+                    raise ConnectionLost("the session was closed") from None
+                continue
+            if header["t"] == p.OUTPUT:
+                output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
+                continue
+            return header, payload
+
+    def _interrupt(self, pending: _Pending, output: OutputHandler) -> None:
+        """Cancel a request on the worker and wait briefly for it to stop."""
+        assert self._channel is not None
+        if self._channel.withdraw(pending.id):
+            return
+        self._channel.send(p.make_cancel(pending.id))
+        deadline = time.monotonic() + CANCEL_GRACE
+        try:
+            while True:
+                header, _ = self._next_message(pending, deadline, output)
+                if header["t"] in (p.REPLY, _LOST):
+                    return
+                self._channel.send(p.make_cancel(pending.id))
+        except (CallTimeout, ConnectionLost):
+            return
+
+    def _run(
+        self,
+        frames_for: Callable[[str], list[Any]],
+        timeout: float | None,
+        output: OutputHandler,
+        retry: Callable[[dict[str, Any], list[Any]], list[Any] | None] | None = None,
+    ) -> tuple[dict[str, Any], list[zmq.Frame]]:
+        """Send a request and return its terminal reply, recovering from a missing worker."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending, frames = self._start(frames_for)
+        recovered = False
+        keep_open = False
+        try:
+            while True:
+                try:
+                    header, payload = self._next_message(pending, deadline, output)
+                except CallTimeout:
+                    self._interrupt(pending, output)
+                    raise CallTimeout(
+                        f"the request did not finish within {timeout} s and was cancelled"
+                    ) from None
+                except KeyboardInterrupt:
+                    self._interrupt(pending, output)
+                    raise
+                if header["t"] == p.ITEM:
+                    keep_open = True  # a generator: the request lives on for ``next``
+                    return header, payload
+                if header["t"] != p.REPLY:
+                    return header, payload
+                code = (header.get("error") or {}).get("code")
+                if code == p.E_NO_WORKER and not recovered:
+                    recovered = True
+                    self._recover_worker(deadline)
+                    self._resend(pending, frames)
+                    continue
+                if code == p.E_UNAUTHENTICATED and not recovered:
+                    recovered = True
+                    assert self._channel is not None
+                    self._channel.regreet()
+                    self._resend(pending, frames)
+                    continue
+                replacement = retry(header, frames) if retry is not None else None
+                if replacement is not None:
+                    frames = replacement
+                    self._resend(pending, frames)
+                    continue
+                return header, payload
+        finally:
+            if not keep_open:
+                self._finish(pending)
+
+    def _recover_worker(self, deadline: float | None) -> None:
+        """The broker has no worker for us: start one (spawner) or wait for one to register."""
+        limit = self._worker_ready_timeout
+        if deadline is not None:
+            limit = max(1.0, min(limit, deadline - time.monotonic()))
+        if self._spawner is not None and self._spawn:
+            self._progress("the worker is gone; starting a new one (its state is lost)")
+            self._spawner.ensure_worker(self.profile.worker, limit, self._progress)
+        end = time.monotonic() + limit
+        with self._lock:
+            while self.worker_info is None:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    raise WorkerUnavailable(
+                        f"no worker named {self.profile.worker!r} is registered for you; "
+                        "start one with the spawner (REXEC_SPAWNER_URL) or `rexec up`"
+                    )
+                self._worker_online.wait(remaining)
+
+    # -- public operations -----------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        output: OutputHandler | None = None,
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the worker and return its result."""
+        handler = output or ConsoleOutput()
+        header, payload, pending_gen = self._call(fn, args, kwargs or {}, timeout, handler)
+        if header["t"] == p.ITEM:
+            return pending_gen
+        return _result(header, payload)
+
+    def _call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        output: OutputHandler,
+    ) -> tuple[dict[str, Any], list[zmq.Frame], Any]:
+        key, fn_bytes = self._shipper.pack(fn)
+        packed = ser.dumps((args, kwargs))
+        with self._lock:
+            inline = key not in self._worker_has
+
+        def frames_for(request_id: str, with_fn: bool = inline) -> list[Any]:
+            body = [fn_bytes, *packed.frames] if with_fn else packed.frames
+            return p.make_request(
+                request_id,
+                p.OP_CALL,
+                body,
+                fn=key,
+                fn_inline=with_fn or None,
+                ser=packed.ser,
+                nb=len(packed.buffers) or None,
+            )
+
+        def retry(header: dict[str, Any], frames: list[Any]) -> list[Any] | None:
+            if (header.get("error") or {}).get("code") != p.E_UNKNOWN_FUNCTION:
+                return None
+            return frames_for(header["id"], with_fn=True)
+
+        header, payload = self._run(frames_for, timeout, output, retry)
+        if header["t"] == p.ITEM or header.get("status") == p.STATUS_OK:
+            with self._lock:
+                self._worker_has.add(key)
+        if header["t"] == p.ITEM:
+            return header, payload, RemoteGenerator(self, header["id"], timeout, output)
+        return header, payload, None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Start ``fn(*args, **kwargs)`` on the worker; return a ``concurrent.futures.Future``."""
+        self.connect()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(64, "rexec-submit")
+        output = ConsoleOutput()
+        return self._executor.submit(self.call, fn, args, kwargs, output=output)
+
+    def execute(
+        self,
+        code: str,
+        *,
+        silent: bool = False,
+        store_history: bool = True,
+        timeout: float | None = None,
+        output: OutputHandler | None = None,
+    ) -> dict[str, Any]:
+        """Run a cell in the worker's namespace; return the Jupyter execute_reply content."""
+        handler = output or ConsoleOutput()
+
+        def frames_for(request_id: str) -> list[Any]:
+            return p.make_request(
+                request_id,
+                p.OP_EXECUTE,
+                [code.encode()],
+                silent=silent or None,
+                store_history=store_history,
+            )
+
+        header, payload = self._run(frames_for, timeout, handler)
+        return _cell_reply(header, payload)
+
+    def complete(
+        self, code: str, cursor_pos: int | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        return self._introspect(p.OP_COMPLETE, {"code": code, "cursor_pos": cursor_pos}, timeout)
+
+    def inspect(
+        self, code: str, cursor_pos: int | None = None, detail_level: int = 0, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        request = {"code": code, "cursor_pos": cursor_pos, "detail_level": detail_level}
+        return self._introspect(p.OP_INSPECT, request, timeout)
+
+    def _introspect(self, op: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+        def frames_for(request_id: str) -> list[Any]:
+            return p.make_request(request_id, op, [p.make_json_frame(request)])
+
+        header, payload = self._run(frames_for, timeout, ConsoleOutput())
+        raise_for_reply(header, payload)
+        return dict(p.parse_json_frame(payload[0]))
+
+    # -- generators ------------------------------------------------------------------------
+
+    def _generator_step(
+        self, request_id: str, timeout: float | None, output: OutputHandler
+    ) -> tuple[bool, Any]:
+        """Ask for the next item: ``(True, item)``, or ``(False, return value)`` at the end."""
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is None or self._channel is None:
+            raise ConnectionLost("the generator's request is no longer active")
+        self._channel.send(p.make_next(request_id))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            header, payload = self._next_message(pending, deadline, output)
+        except (CallTimeout, KeyboardInterrupt):
+            self._interrupt(pending, output)
+            self._finish(pending)
+            raise
+        if header["t"] == p.ITEM:
+            return True, _load(header, payload)
+        self._finish(pending)
+        return False, _result(header, payload)
+
+    def _close_generator(self, request_id: str) -> None:
+        with self._lock:
+            pending = self._pending.get(request_id)
+        if pending is not None and self._channel is not None and not self._closed:
+            self._channel.send(p.make_cancel(request_id))
+            self._finish(pending)
+
+
+class RemoteGenerator(Iterator[Any]):
+    """Iterates a generator running on the worker; each item is fetched as you iterate."""
+
+    def __init__(
+        self, session: Session, request_id: str, timeout: float | None, output: OutputHandler
+    ) -> None:
+        self._session = session
+        self._id = request_id
+        self._timeout = timeout
+        self._output = output
+        self._done = False
+        self.value: Any = None
+
+    def __iter__(self) -> RemoteGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration(self.value)
+        try:
+            more, value = self._session._generator_step(self._id, self._timeout, self._output)
+        except BaseException:
+            self._done = True
+            raise
+        if more:
+            return value
+        self._done = True
+        self.value = value
+        raise StopIteration(value)
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._session._close_generator(self._id)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _load(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
+    nbuf = int(header.get("nb") or 0)
+    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]]
+    return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer, buffers)
+
+
+def _result(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
+    raise_for_reply(header, payload)
+    return _load(header, payload)
+
+
+def _cell_reply(header: dict[str, Any], payload: list[zmq.Frame]) -> dict[str, Any]:
+    if header.get("t") == p.REPLY and payload and "error" not in header:
+        return dict(p.parse_json_frame(payload[0]))
+    raise_for_reply(header, payload)
+    return dict(p.parse_json_frame(payload[0]))
+
+
+def _refusal_error(error: dict[str, Any]) -> Exception:
+    code, message = error.get("code"), error.get("message", "refused")
+    if code == p.E_AUTH_UNAVAILABLE:
+        return AuthUnavailable(message)
+    if code in (p.E_AUTH_FAILED, p.E_FORBIDDEN):
+        return AuthError(message)
+    return ConnectionLost(f"the broker refused the session: {message}")
+
+
+def _print_progress(message: str) -> None:
+    if message and not os.environ.get("REXEC_QUIET"):
+        print(f"rexec: {message}", file=sys.stderr, flush=True)

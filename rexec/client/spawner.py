@@ -1,0 +1,108 @@
+"""HTTP client for the spawner API: get the broker address, create and watch the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from rexec.errors import AuthError, AuthUnavailable, ConfigError, SpawnError
+
+POLL_INTERVAL = 0.2
+READY = "ready"
+FAILED_STATES = frozenset({"failed", "stopped"})
+
+
+def normalize_spawner_url(url: str) -> str:
+    """Accept the base URL, or the reference docs' ``.../spawn`` endpoint URL."""
+    base = url.rstrip("/")
+    return base[: -len("/spawn")] if base.endswith("/spawn") else base
+
+
+class SpawnerClient:
+    def __init__(self, base_url: str, token: str, timeout: float = 10.0) -> None:
+        self.base_url = normalize_spawner_url(base_url)
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _request(self, method: str, path: str) -> Any:
+        try:
+            response = self._client.request(method, path)
+        except httpx.HTTPError as exc:
+            raise SpawnError(
+                f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "
+                "is the stack running? Check with `rexec status`"
+            ) from None
+        if response.status_code < 400:
+            return response.json()
+        detail = _detail(response)
+        if response.status_code == 401:
+            raise AuthError(f"the spawner refused the token: {detail}")
+        if response.status_code == 403:
+            raise AuthError(f"not allowed: {detail}")
+        if response.status_code == 503:
+            raise AuthUnavailable(f"the spawner cannot check tokens right now: {detail}")
+        if response.status_code == 404:
+            return None
+        if response.status_code == 422:
+            raise ConfigError(f"the spawner rejected the request: {detail}")
+        raise SpawnError(f"the spawner answered {response.status_code}: {detail}")
+
+    def broker(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/api/v1/broker"))
+
+    def get_worker(self, name: str) -> dict[str, Any] | None:
+        return self._request("GET", f"/api/v1/workers/{name}")
+
+    def delete_worker(self, name: str) -> bool:
+        answer = self._request("DELETE", f"/api/v1/workers/{name}")
+        return bool(answer and answer.get("deleted"))
+
+    def ensure_worker(
+        self,
+        name: str,
+        timeout: float,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
+        """Create-or-get the worker and wait until it is registered with the broker."""
+        deadline = time.monotonic() + timeout
+        status = self._request("PUT", f"/api/v1/workers/{name}")
+        shown = 0
+        while True:
+            events = status.get("progress") or []
+            if progress is not None:
+                for event in events[shown:]:
+                    progress(str(event.get("message", "")))
+            shown = len(events)
+            state = status.get("state")
+            if state == READY:
+                return dict(status)
+            if state in FAILED_STATES:
+                reason = status.get("error") or f"the worker is {state}"
+                raise SpawnError(f"the worker {name!r} could not start: {reason}")
+            if time.monotonic() >= deadline:
+                raise SpawnError(
+                    f"the worker {name!r} was not ready after {timeout:.0f} s (state {state!r}); "
+                    "check the spawner's log, or raise the timeout"
+                )
+            time.sleep(POLL_INTERVAL)
+            status = self._request("GET", f"/api/v1/workers/{name}") or self._request(
+                "PUT", f"/api/v1/workers/{name}"
+            )
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    detail = body.get("detail") if isinstance(body, dict) else body
+    return str(detail)[:500]

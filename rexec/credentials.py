@@ -1,0 +1,124 @@
+"""Worker credentials: a statement "this worker acts for user U", signed by the spawner.
+
+The spawner and the broker share a signing key. The spawner issues one credential per worker;
+the broker verifies it when the worker registers and binds the connection to that one user.
+Verification needs no call to the spawner, so a restarted broker accepts re-registering workers.
+
+Format: ``rxw1.<base64url(json claims)>.<base64url(hmac-sha256)>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from rexec.errors import AuthError, ConfigError
+
+_PREFIX = "rxw1"
+KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class WorkerClaims:
+    user: str
+    worker: str
+    instance: str
+    issued_at: float
+    expires_at: float | None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_worker_credential(
+    key: bytes, user: str, worker: str, ttl: float | None = None, now: float | None = None
+) -> str:
+    """Sign a credential for one worker of one user. ``ttl`` None means no expiry."""
+    issued = time.time() if now is None else now
+    claims = {
+        "u": user,
+        "w": worker,
+        "i": secrets.token_hex(8),
+        "iat": int(issued),
+        "exp": None if ttl is None else int(issued + ttl),
+    }
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = _b64(hmac.new(key, f"{_PREFIX}.{body}".encode(), sha256).digest())
+    return f"{_PREFIX}.{body}.{signature}"
+
+
+def verify_worker_credential(key: bytes, credential: str, now: float | None = None) -> WorkerClaims:
+    """Return the claims of a valid credential; raise ``AuthError`` otherwise."""
+    if not isinstance(credential, str) or len(credential) > 4096:
+        raise AuthError("worker credential is malformed")
+    parts = credential.split(".")
+    if len(parts) != 3 or parts[0] != _PREFIX:
+        raise AuthError("worker credential is malformed")
+    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), sha256).digest()
+    try:
+        given = _unb64(parts[2])
+        claims = json.loads(_unb64(parts[1]))
+    except (ValueError, TypeError) as exc:
+        raise AuthError("worker credential is malformed") from exc
+    if not hmac.compare_digest(expected, given):
+        raise AuthError("worker credential signature is invalid (issued by another spawner?)")
+    if not isinstance(claims, dict) or not isinstance(claims.get("u"), str):
+        raise AuthError("worker credential is malformed")
+    expires = claims.get("exp")
+    current = time.time() if now is None else now
+    if expires is not None and current > expires:
+        raise AuthError("worker credential has expired; ask the spawner for a new worker")
+    return WorkerClaims(
+        user=claims["u"],
+        worker=str(claims.get("w", "default")),
+        instance=str(claims.get("i", "")),
+        issued_at=float(claims.get("iat", 0)),
+        expires_at=None if expires is None else float(expires),
+    )
+
+
+def generate_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Create ``path`` readable by its owner only (0600) before any secret is written to it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def load_key(path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the worker signing key {path}: {exc.strerror}") from exc
+    try:
+        key = bytes.fromhex(data.decode())
+    except ValueError as exc:
+        raise ConfigError(f"worker signing key {path} must hold hex; regenerate it") from exc
+    if len(key) < 16:
+        raise ConfigError(f"worker signing key {path} is too short; regenerate it")
+    return key
+
+
+def create_key_file(path: Path) -> bytes:
+    key = generate_key()
+    write_secret_file(path, key.hex().encode() + b"\n")
+    return key

@@ -1,0 +1,251 @@
+"""The Rexec wire protocol: message types, header frames and frame layout.
+
+This module is pure: it builds and parses frames and never touches a socket. The client, the
+broker and the worker all import it; ``docs/protocol.md`` describes the same layout for humans.
+
+Every message a peer sends is a ZeroMQ multipart message::
+
+    [header, payload_0, payload_1, ...]
+
+``header`` is a small UTF-8 JSON object (at most ``MAX_HEADER_BYTES``) with the protocol version
+``v``, the message type ``t`` and type-specific fields. The broker reads only the header; payload
+frames are opaque to it and are forwarded without being copied or deserialized.
+
+Between broker and worker one extra frame, the *route tag*, stands before the header:
+``[tag, header, payload...]``. The broker puts the requesting client's connection tag there, the
+worker echoes it on every message about that request, and the broker forwards a worker message
+only if the tag and request id match a request it sent to that very worker. Connection-level
+messages (register, ping, pong...) carry an empty tag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from rexec.errors import ProtocolError
+
+PROTOCOL_VERSION: Final = 1
+MAX_HEADER_BYTES: Final = 16 * 1024
+MAX_ID_LENGTH: Final = 64
+
+# Connection-level messages, between a peer and the broker itself.
+HELLO: Final = "hello"  # client -> broker: authenticate with a token, choose a worker name
+WELCOME: Final = "welcome"  # broker -> client: authenticated as ``user``; current worker info
+REGISTER: Final = "register"  # worker -> broker: present the spawner-issued credential
+REGISTERED: Final = "registered"  # broker -> worker: accepted for ``user``/``worker``
+REFUSED: Final = "refused"  # broker -> peer: connection-level error ``code``/``message``
+PING: Final = "ping"  # peer -> broker, app-level liveness of the broker and of the session
+PONG: Final = "pong"  # broker -> peer
+PROBE: Final = "probe"  # broker -> peer, checks that a connection still exists; ignored
+WORKER_STATE: Final = "worker_state"  # broker -> client: the worker came online or went away
+
+# Request-level messages, routed between a client and its own user's worker.
+REQUEST: Final = "request"  # client -> worker: start request ``id`` with operation ``op``
+NEXT: Final = "next"  # client -> worker: advance the generator of request ``id``
+CANCEL: Final = "cancel"  # client -> worker: interrupt request ``id``
+OUTPUT: Final = "output"  # worker -> client: Jupyter output content (stream, display_data...)
+ITEM: Final = "item"  # worker -> client: a generator item, or the start marker of a generator
+REPLY: Final = "reply"  # worker or broker -> client: the terminal message of request ``id``
+
+CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, REQUEST, NEXT, CANCEL})
+WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, OUTPUT, ITEM, REPLY})
+ROUTED_REQUEST_FOLLOWUPS: Final = frozenset({NEXT, CANCEL})
+ROUTED_RESPONSES: Final = frozenset({OUTPUT, ITEM, REPLY})
+
+# Request operations (the ``op`` of a REQUEST). The broker does not look at them.
+OP_CALL: Final = "call"  # run a function: payload = [function?] + packed (args, kwargs)
+OP_EXECUTE: Final = "execute"  # run a cell: payload = [source code]
+OP_COMPLETE: Final = "complete"  # complete code at a cursor: payload = [json content]
+OP_INSPECT: Final = "inspect"  # inspect an object at a cursor: payload = [json content]
+
+# Reply statuses.
+STATUS_OK: Final = "ok"
+STATUS_ERROR: Final = "error"
+STATUS_CANCELLED: Final = "cancelled"
+
+# Error codes carried in ``error.code`` of a REPLY or REFUSED sent by the broker or the worker.
+E_UNAUTHENTICATED: Final = "unauthenticated"
+E_AUTH_FAILED: Final = "auth_failed"
+E_AUTH_UNAVAILABLE: Final = "auth_unavailable"
+E_FORBIDDEN: Final = "forbidden"
+E_BAD_MESSAGE: Final = "bad_message"
+E_PROTOCOL_VERSION: Final = "protocol_version"
+E_TOO_LARGE: Final = "too_large"
+E_NO_WORKER: Final = "no_worker"
+E_WORKER_DIED: Final = "worker_died"
+E_BUSY: Final = "busy"
+E_UNKNOWN_FUNCTION: Final = "unknown_function"
+E_UNKNOWN_REQUEST: Final = "unknown_request"
+E_DESERIALIZE: Final = "deserialize"
+E_EXCEPTION: Final = "exception"
+E_REPLACED: Final = "replaced"
+
+NO_TAG: Final = b""
+WORKER_NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+_WORKER_NAME_RE = re.compile(WORKER_NAME_PATTERN)
+
+_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_ID_LENGTH}}}$")
+
+
+def make_header(msg_type: str, **fields: Any) -> bytes:
+    """Build a header frame. ``None`` fields are left out."""
+    header = {"v": PROTOCOL_VERSION, "t": msg_type}
+    header.update({key: value for key, value in fields.items() if value is not None})
+    data = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(
+            f"a {msg_type!r} header is {len(data)} bytes, over the {MAX_HEADER_BYTES}-byte limit; "
+            "large data belongs in payload frames"
+        )
+    return data
+
+
+def parse_header(
+    frame: bytes | memoryview, allowed: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """Parse and validate a header frame without trusting anything in it.
+
+    Raises ``ProtocolError`` with a short reason for anything malformed: too large, not JSON, not
+    an object, wrong version, unknown type, or a bad request id.
+    """
+    size = len(frame)
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(frame))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("header is not UTF-8 JSON") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("header is not a JSON object")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}. "
+            "Install the same rexec version on both sides"
+        )
+    msg_type = header.get("t")
+    if not isinstance(msg_type, str) or (allowed is not None and msg_type not in allowed):
+        raise ProtocolError(f"unexpected message type {msg_type!r}")
+    if "id" in header and not valid_id(header["id"]):
+        raise ProtocolError("request id must be 1-64 characters of [A-Za-z0-9_.:-]")
+    return header
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def valid_worker_name(value: object) -> bool:
+    return isinstance(value, str) and _WORKER_NAME_RE.match(value) is not None
+
+
+def error_info(code: str, message: str) -> dict[str, str]:
+    return {"code": code, "message": message}
+
+
+# -- builders for each message type -----------------------------------------------------------
+
+
+def make_hello(token: str, worker: str, info: dict[str, Any]) -> list[bytes]:
+    return [make_header(HELLO, token=token, worker=worker, info=info)]
+
+
+def make_welcome(
+    user: str, worker: str, worker_info: dict[str, Any] | None, max_message_bytes: int
+) -> list[bytes]:
+    return [
+        make_header(
+            WELCOME, user=user, worker=worker, worker_info=worker_info, max_bytes=max_message_bytes
+        )
+    ]
+
+
+def make_register(credential: str, info: dict[str, Any]) -> list[bytes]:
+    return [make_header(REGISTER, credential=credential, info=info)]
+
+
+def make_registered(user: str, worker: str, max_message_bytes: int) -> list[bytes]:
+    return [make_header(REGISTERED, user=user, worker=worker, max_bytes=max_message_bytes)]
+
+
+def make_refused(code: str, message: str) -> list[bytes]:
+    return [make_header(REFUSED, error=error_info(code, message))]
+
+
+def make_ping(stats: dict[str, Any] | None = None) -> list[bytes]:
+    return [make_header(PING, stats=stats)]
+
+
+def make_pong() -> list[bytes]:
+    return [make_header(PONG)]
+
+
+def make_probe() -> list[bytes]:
+    return [make_header(PROBE)]
+
+
+def make_worker_state(state: str, worker: str, info: dict[str, Any] | None) -> list[bytes]:
+    return [make_header(WORKER_STATE, state=state, worker=worker, worker_info=info)]
+
+
+def make_request(request_id: str, op: str, payload: Sequence[Any] = (), **fields: Any) -> list[Any]:
+    return [make_header(REQUEST, id=request_id, op=op, **fields), *payload]
+
+
+def make_next(request_id: str) -> list[bytes]:
+    return [make_header(NEXT, id=request_id)]
+
+
+def make_cancel(request_id: str) -> list[bytes]:
+    return [make_header(CANCEL, id=request_id)]
+
+
+def make_output(request_id: str, msg_type: str, content: dict[str, Any]) -> list[bytes]:
+    """An output with Jupyter message-spec ``content`` of type ``msg_type``.
+
+    ``msg_type`` is one of stream, display_data, update_display_data, execute_result, error,
+    clear_output. The content travels as a JSON payload frame so its size is not bounded by the
+    header limit and the broker never parses it.
+    """
+    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return [make_header(OUTPUT, id=request_id, mt=msg_type), body]
+
+
+def make_item(request_id: str, payload: Sequence[Any] = (), **fields: Any) -> list[Any]:
+    return [make_header(ITEM, id=request_id, **fields), *payload]
+
+
+def make_reply(
+    request_id: str, status: str, payload: Sequence[Any] = (), **fields: Any
+) -> list[Any]:
+    return [make_header(REPLY, id=request_id, status=status, **fields), *payload]
+
+
+def make_error_reply(request_id: str, code: str, message: str) -> list[bytes]:
+    """A terminal reply for a request that failed outside user code."""
+    return [make_header(REPLY, id=request_id, status=STATUS_ERROR, error=error_info(code, message))]
+
+
+def parse_json_frame(frame: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(frame))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("payload frame is not UTF-8 JSON") from exc
+
+
+def make_json_frame(content: Any) -> bytes:
+    return json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def message_size(frames: Sequence[Any]) -> int:
+    """Total bytes of a multipart message (zmq.Frame, bytes or memoryview parts)."""
+    total = 0
+    for frame in frames:
+        if isinstance(frame, bytes | bytearray) or hasattr(frame, "bytes"):
+            total += len(frame)
+        else:
+            total += memoryview(frame).nbytes
+    return total

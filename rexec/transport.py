@@ -1,0 +1,166 @@
+"""ZeroMQ socket setup shared by the client, the worker and the broker.
+
+Liveness is layered:
+
+* ZMTP heartbeats (libzmq's own PING/PONG, answered by libzmq's I/O thread without the GIL) close
+  a connection whose peer stopped answering, even while the peer's Python code holds the GIL.
+* Socket monitors tell the owner when a connection is established or lost.
+* App-level ``ping``/``pong`` tell a peer that the broker still knows its session (after a broker
+  restart it does not, and the peer greets it again).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from rexec.credentials import write_secret_file
+from rexec.errors import ConfigError
+
+HEARTBEAT_INTERVAL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+RECONNECT_MS = 100
+RECONNECT_MAX_MS = 2000
+MONITOR_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+HANDSHAKE_FAILURES = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+)
+
+
+def set_heartbeats(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_INTERVAL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+
+
+def make_dealer(context: zmq.Context, url: str, server_public_key: str | None) -> zmq.Socket:
+    """A DEALER connected to ``url``; CurveZMQ encrypted when the broker's key is given."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    set_heartbeats(sock)
+    if server_public_key:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = _z85(server_public_key, "broker public key")
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+    sock.connect(url)
+    return sock
+
+
+def make_router(
+    context: zmq.Context, bind_url: str, secret_key: bytes | None, max_frame_bytes: int
+) -> zmq.Socket:
+    """A ROUTER bound to ``bind_url``. Unroutable sends raise instead of vanishing."""
+    sock = context.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    set_heartbeats(sock)
+    if secret_key:
+        sock.curve_server = True
+        sock.curve_secretkey = secret_key
+    sock.bind(bind_url)
+    return sock
+
+
+def open_monitor(sock: zmq.Socket) -> zmq.Socket:
+    return sock.get_monitor_socket(MONITOR_EVENTS)
+
+
+def read_monitor_events(monitor: zmq.Socket) -> list[int]:
+    """Drain pending monitor events without blocking; return their event numbers."""
+    events = []
+    while True:
+        try:
+            message = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return events
+        events.append(int(message["event"]))
+
+
+def _z85(key: str | bytes, what: str) -> bytes:
+    data = key.encode() if isinstance(key, str) else key
+    if len(data) != 40:
+        raise ConfigError(f"the {what} must be a 40-character Z85 CurveZMQ key")
+    return data
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when a tcp:// URL names a loopback address (or is inproc/ipc)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("inproc", "ipc"):
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_curve_keypair(directory: Path) -> tuple[str, Path]:
+    """Write a broker keypair: ``broker.key`` (secret, 0600) and ``broker.pub``."""
+    public, secret = zmq.curve_keypair()
+    secret_path = directory / "broker.key"
+    write_secret_file(secret_path, secret + b"\n")
+    (directory / "broker.pub").write_bytes(public + b"\n")
+    return public.decode(), secret_path
+
+
+def load_curve_secret(path: Path) -> bytes:
+    try:
+        return _z85(path.read_bytes().strip(), f"CurveZMQ secret key in {path}")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the CurveZMQ secret key {path}: {exc.strerror}") from exc
+
+
+def public_key_of(secret: bytes) -> str:
+    return zmq.curve_public(secret).decode()
+
+
+class Waker:
+    """A self-pipe other threads write to so a poll loop wakes up."""
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def wake(self) -> None:
+        try:
+            os.write(self._write_fd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake: the pipe holds unread bytes
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

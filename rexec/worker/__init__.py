@@ -1,0 +1,1 @@
+"""The Rexec worker: the per-user process that runs functions and cells."""

@@ -1,0 +1,184 @@
+"""Running shipped functions on the worker: arguments in, result or exception out."""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import pickle
+import queue
+import threading
+import traceback
+from typing import Any
+
+import zmq
+
+from rexec import protocol as p
+from rexec import serialization as ser
+from rexec.worker.context import RequestContext
+
+# A generator nobody asks for items for is closed after this long.
+GENERATOR_IDLE_SECONDS = 3600.0
+FUNCTION_CACHE_SIZE = 256
+
+
+class FunctionCache:
+    """Functions received from clients, by content hash, least recently used evicted."""
+
+    def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+        self._size = size
+        self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            fn = self._functions.get(key)
+            if fn is not None:
+                self._functions.move_to_end(key)
+            return fn
+
+    def put(self, key: str, fn: Any) -> None:
+        with self._lock:
+            self._functions[key] = fn
+            self._functions.move_to_end(key)
+            while len(self._functions) > self._size:
+                self._functions.popitem(last=False)
+
+
+def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
+    """A terminal ``ok`` reply carrying ``value``, or an error if it cannot travel."""
+    try:
+        packed = ser.dumps(value)
+    except Exception as exc:
+        return p.make_error_reply(
+            request_id,
+            p.E_EXCEPTION,
+            f"the result (a {type(value).__name__}) could not be serialized: {exc}; "
+            "return plain data or save it to shared storage",
+        )
+    if packed.nbytes > max_bytes:
+        return p.make_error_reply(
+            request_id,
+            p.E_TOO_LARGE,
+            f"the result is {packed.nbytes:,} bytes, over the broker's limit of {max_bytes:,}",
+        )
+    return p.make_reply(
+        request_id, p.STATUS_OK, packed.frames, ser=packed.ser, nb=len(packed.buffers)
+    )
+
+
+def exception_reply(request_id: str, exc: BaseException, skip_frames: int = 1) -> list[Any]:
+    """A terminal reply for an exception raised by user code.
+
+    The frames are the Jupyter ``error`` content (ename, evalue, traceback) and the exception
+    pickled by reference, which the client rebuilds when the type is importable there.
+    """
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        tb = tb.tb_next if tb is not None else None
+    lines = traceback.format_exception(type(exc), exc, tb)
+    content = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+    if isinstance(exc, KeyboardInterrupt):
+        return p.make_reply(request_id, p.STATUS_CANCELLED, [p.make_json_frame(content)])
+    try:
+        pickled = pickle.dumps(exc, protocol=5)
+    except Exception:
+        pickled = b""
+    return p.make_reply(
+        request_id, p.STATUS_ERROR, [p.make_json_frame(content), pickled], kind=p.E_EXCEPTION
+    )
+
+
+def load_call(
+    header: dict[str, Any], payload: list[zmq.Frame], functions: FunctionCache
+) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | list[Any]:
+    """Decode a call: ``(fn, args, kwargs)``, or an error reply to send instead."""
+    request_id = header["id"]
+    key = header.get("fn")
+    if not isinstance(key, str):
+        return p.make_error_reply(request_id, p.E_BAD_MESSAGE, "a call needs a function key")
+    index = 0
+    try:
+        if header.get("fn_inline"):
+            data = payload[0].bytes
+            if ser.function_key(data) != key:
+                return p.make_error_reply(request_id, p.E_BAD_MESSAGE, "function key mismatch")
+            fn = ser.loads_function(data)
+            functions.put(key, fn)
+            index = 1
+        else:
+            fn = functions.get(key)
+            if fn is None:
+                return p.make_error_reply(
+                    request_id, p.E_UNKNOWN_FUNCTION, "the worker does not have this function"
+                )
+        nbuf = int(header.get("nb", 0))
+        buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + nbuf]]
+        args, kwargs = ser.loads(header.get("ser", ser.SER_PICKLE), payload[index].buffer, buffers)
+    except Exception as exc:
+        return p.make_error_reply(
+            request_id,
+            p.E_DESERIALIZE,
+            f"the worker could not load the function or its arguments: "
+            f"{type(exc).__name__}: {exc}. Check that the worker has the same packages and "
+            "Python version as this client",
+        )
+    return fn, args, kwargs
+
+
+def run_call(
+    ctx: RequestContext,
+    header: dict[str, Any],
+    payload: list[zmq.Frame],
+    functions: FunctionCache,
+    max_bytes: int,
+) -> None:
+    """Run one call on the current thread and send its outputs and reply."""
+    loaded = load_call(header, payload, functions)
+    if isinstance(loaded, list):
+        ctx.finish(loaded)
+        return
+    fn, args, kwargs = loaded
+    try:
+        with ctx.activate():
+            result = fn(*args, **kwargs)
+    except BaseException as exc:
+        ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
+        return
+    if inspect.isgenerator(result):
+        run_generator(ctx, result, max_bytes)
+    else:
+        ctx.finish(packed_reply(ctx.request_id, result, max_bytes))
+
+
+def run_generator(ctx: RequestContext, gen: Any, max_bytes: int) -> None:
+    """Produce one item per ``next`` the client sends, until exhausted or cancelled."""
+    ctx.send(p.make_item(ctx.request_id, start=True))
+    while True:
+        try:
+            command = ctx.commands.get(timeout=GENERATOR_IDLE_SECONDS)
+        except queue.Empty:
+            gen.close()
+            ctx.finish(
+                p.make_error_reply(ctx.request_id, p.E_BUSY, "generator idle for too long; closed")
+            )
+            return
+        if command == p.CANCEL:
+            gen.close()
+            ctx.finish(p.make_reply(ctx.request_id, p.STATUS_CANCELLED))
+            return
+        try:
+            with ctx.activate():
+                item = next(gen)
+        except StopIteration as stop:
+            ctx.finish(packed_reply(ctx.request_id, stop.value, max_bytes))
+            return
+        except BaseException as exc:
+            ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
+            return
+        try:
+            packed = ser.dumps(item)
+        except Exception as exc:
+            gen.close()
+            ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=0))
+            return
+        ctx.send(p.make_item(ctx.request_id, packed.frames, ser=packed.ser, nb=len(packed.buffers)))

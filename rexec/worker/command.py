@@ -1,0 +1,69 @@
+"""``rexec worker``: run a worker process connected to the broker's backend port."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from rexec.errors import ConfigError
+
+CREDENTIAL_FILE_ENV = "REXEC_WORKER_CREDENTIAL_FILE"
+CREDENTIAL_ENV = "REXEC_WORKER_CREDENTIAL"
+PUBLIC_KEY_ENV = "REXEC_BROKER_PUBLIC_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("REXEC_BROKER_BACKEND_URL", "tcp://127.0.0.1:5560"),
+        help="the broker's worker-facing address (default: %(default)s)",
+    )
+    parser.add_argument("--name", default="default", help="informational worker name")
+    parser.add_argument("--status-file", type=Path, help="write the worker's state here as JSON")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.epilog = (
+        f"The credential is read from ${CREDENTIAL_FILE_ENV} (a file) or ${CREDENTIAL_ENV}, never "
+        f"from the command line. ${PUBLIC_KEY_ENV} turns CurveZMQ encryption on."
+    )
+
+
+def read_credential() -> str:
+    path = os.environ.get(CREDENTIAL_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the worker credential {path}: {exc.strerror}") from exc
+    credential = os.environ.get(CREDENTIAL_ENV, "").strip()
+    if not credential:
+        raise ConfigError(
+            f"no worker credential: set {CREDENTIAL_FILE_ENV} to the file the spawner wrote"
+        )
+    return credential
+
+
+def run(args: argparse.Namespace) -> int:
+    from rexec.worker.runtime import Worker, WorkerSettings
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="rexec-ipython-"))
+    settings = WorkerSettings(
+        broker_url=args.broker,
+        credential=read_credential(),
+        broker_public_key=os.environ.get(PUBLIC_KEY_ENV) or None,
+        status_file=args.status_file,
+        parent_pid=args.parent_pid,
+    )
+    return Worker(settings).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rexec worker", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,197 @@
+"""Per-request state on the worker: where output goes, and how a request is interrupted.
+
+User code writes to ``sys.stdout``; a ``RoutedStream`` sends the text to the request running on
+the current thread. Text is buffered per request and handed to the I/O thread as a deferred
+message, so a burst of prints becomes one message while a lone print leaves immediately.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from rexec import protocol as p
+
+MAX_STREAM_CHUNK = 1024 * 1024
+
+_local = threading.local()
+_active: list[RequestContext] = []
+_active_lock = threading.Lock()
+
+
+def current_context() -> RequestContext | None:
+    """The request of this thread; for threads user code started, the newest active request."""
+    ctx = getattr(_local, "ctx", None)
+    if ctx is not None:
+        return ctx
+    with _active_lock:
+        return _active[-1] if _active else None
+
+
+def _async_raise(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type) if exc_type else None
+    )
+
+
+class RequestContext:
+    """One request in progress: its route, its pending output and its interruption."""
+
+    def __init__(
+        self,
+        tag: bytes,
+        request_id: str,
+        op: str,
+        send: Callable[[Sequence[Any]], None],
+        send_later: Callable[[Callable[[], list[Sequence[Any]]]], None],
+    ) -> None:
+        self.tag = tag
+        self.request_id = request_id
+        self.op = op
+        self.commands: queue.Queue[str] = queue.Queue()
+        self.cancelled = False
+        self._send = send
+        self._send_later = send_later
+        self._pending: list[list[Any]] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+        self._thread_id: int | None = None
+        self._in_user_code = False
+        self._interrupt: Callable[[], None] | None = None
+        self.finished = False
+
+    @property
+    def key(self) -> tuple[bytes, str]:
+        return (self.tag, self.request_id)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def write_stream(self, name: str, text: str) -> None:
+        with self._lock:
+            last = self._pending[-1] if self._pending else None
+            if last is not None and last[0] == "stream" and last[1] == name:
+                last[2] += text
+            else:
+                self._pending.append(["stream", name, text])
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._send_later(self._take_messages)
+
+    def publish(self, msg_type: str, content: dict[str, Any]) -> None:
+        """A Jupyter output other than a stream (display_data, execute_result, error...)."""
+        with self._lock:
+            self._pending.append(["output", msg_type, content])
+            schedule = not self._scheduled
+            self._scheduled = True
+        if schedule:
+            self._send_later(self._take_messages)
+
+    def _take_messages(self) -> list[Sequence[Any]]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self._scheduled = False
+        messages: list[Sequence[Any]] = []
+        for kind, name, body in pending:
+            if kind == "stream":
+                for start in range(0, len(body), MAX_STREAM_CHUNK):
+                    chunk = body[start : start + MAX_STREAM_CHUNK]
+                    content = {"name": name, "text": chunk}
+                    messages.append([self.tag, *p.make_output(self.request_id, "stream", content)])
+            else:
+                messages.append([self.tag, *p.make_output(self.request_id, name, body)])
+        return messages
+
+    def send(self, frames: Sequence[Any]) -> None:
+        """Send a message about this request after all output written so far."""
+        with self._lock:
+            pending = bool(self._pending)
+        if pending:
+            self._send_later(self._take_messages)
+        self._send([self.tag, *frames])
+
+    def finish(self, frames: Sequence[Any]) -> None:
+        """Send the terminal reply; nothing about this request is sent afterwards."""
+        self.finished = True
+        self.send(frames)
+
+    # -- running user code -----------------------------------------------------------------
+
+    @contextmanager
+    def activate(self, interrupt: Callable[[], None] | None = None) -> Iterator[None]:
+        """Run user code for this request on the current thread."""
+        previous = getattr(_local, "ctx", None)
+        _local.ctx = self
+        with _active_lock:
+            _active.append(self)
+        with self._lock:
+            self._thread_id = threading.get_ident()
+            self._interrupt = interrupt
+            self._in_user_code = True
+            raise_now = self.cancelled
+        try:
+            if raise_now:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            with self._lock:
+                self._in_user_code = False
+                if self.cancelled and self._interrupt is None and self._thread_id is not None:
+                    _async_raise(self._thread_id, None)  # drop an interrupt that came too late
+            _local.ctx = previous
+            with _active_lock:
+                if self in _active:
+                    _active.remove(self)
+
+    def cancel(self) -> None:
+        """Interrupt this request: KeyboardInterrupt in its user code, or stop its generator."""
+        with self._lock:
+            already = self.cancelled
+            self.cancelled = True
+            if self._in_user_code and not already:
+                if self._interrupt is not None:
+                    self._interrupt()
+                elif self._thread_id is not None:
+                    _async_raise(self._thread_id, KeyboardInterrupt)
+        self.commands.put(p.CANCEL)
+
+
+class RoutedStream(io.TextIOBase):
+    """A ``sys.stdout``/``sys.stderr`` that sends text to the current request."""
+
+    def __init__(self, name: str, fallback: TextIO) -> None:
+        self.name = name
+        self._fallback = fallback
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        ctx = current_context()
+        if ctx is None or ctx.finished:
+            self._fallback.write(text)
+        elif text:
+            ctx.write_stream(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        ctx = current_context()
+        if ctx is None:
+            self._fallback.flush()

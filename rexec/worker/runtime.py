@@ -1,0 +1,283 @@
+"""The worker process: registers with the broker and runs its user's requests.
+
+Threads:
+
+* the channel's I/O thread owns the socket and dispatches requests;
+* the main thread runs cells one after another in the persistent IPython namespace, so an
+  interrupt is a real SIGINT and reaches code blocked in ``time.sleep`` or I/O;
+* a pool runs function calls concurrently; an interrupt there is a KeyboardInterrupt raised
+  asynchronously in the call's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dill
+import zmq
+
+from rexec import __version__
+from rexec import protocol as p
+from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
+from rexec.worker import shell as shell_ops
+from rexec.worker.calls import FunctionCache, exception_reply, run_call
+from rexec.worker.context import RequestContext, RoutedStream
+
+log = logging.getLogger("rexec.worker")
+
+EXIT_OK = 0
+EXIT_REFUSED = 3
+MAX_CALL_THREADS = 64
+
+
+def worker_info() -> dict[str, Any]:
+    """What the worker reports at registration; clients compare it with their own."""
+    return {
+        "python": platform.python_version(),
+        "python_minor": "{}.{}".format(*sys.version_info[:2]),
+        "implementation": platform.python_implementation(),
+        "dill": dill.__version__,
+        "protocol": p.PROTOCOL_VERSION,
+        "rexec": __version__,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    broker_url: str
+    credential: str
+    broker_public_key: str | None = None
+    status_file: Path | None = None
+    parent_pid: int | None = None
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.info = worker_info()
+        self.user: str | None = None
+        self.max_bytes = 512 * 1024 * 1024
+        self.exit_code = EXIT_OK
+        self._functions = FunctionCache()
+        self._requests: dict[tuple[bytes, str], RequestContext] = {}
+        self._requests_lock = threading.Lock()
+        self._cells: queue.Queue[tuple[RequestContext, dict[str, Any], str] | None] = queue.Queue()
+        self._pool = ThreadPoolExecutor(MAX_CALL_THREADS, "rexec-call")
+        self._stop = threading.Event()
+        self._running_cell: RequestContext | None = None
+        self._interrupt_pending = False
+        self._shell: shell_ops.WorkerShell | None = None
+        self.channel = BrokerChannel(
+            settings.broker_url,
+            settings.broker_public_key,
+            greeting=lambda: p.make_register(settings.credential, self.info),
+            ready_type=p.REGISTERED,
+            on_message=self._on_message,
+            on_event=self._on_event,
+            allowed_types=frozenset({p.REQUEST, p.NEXT, p.CANCEL}),
+            tagged=True,
+            ping_stats=self._stats,
+            name="rexec-worker-io",
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped; cells run on this (the main) thread. Returns an exit code."""
+        self._shell = shell_ops.create_shell()
+        sys.stdout = RoutedStream("stdout", sys.__stdout__)  # type: ignore[assignment]
+        sys.stderr = RoutedStream("stderr", sys.__stderr__)  # type: ignore[assignment]
+        signal.signal(signal.SIGINT, self._on_sigint)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self._write_status("connecting")
+        self.channel.start()
+        if self.settings.parent_pid:
+            threading.Thread(target=self._watch_parent, daemon=True).start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._cells.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                except KeyboardInterrupt:
+                    continue  # an interrupt that arrived after its cell finished
+                if item is not None:
+                    self._run_cell(*item)
+        finally:
+            self._write_status("stopping")
+            self.channel.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        return self.exit_code
+
+    def stop(self, exit_code: int | None = None) -> None:
+        if exit_code is not None:
+            self.exit_code = exit_code
+        self._stop.set()
+        self._cells.put(None)
+
+    def _watch_parent(self) -> None:
+        while not self._stop.wait(1.0):
+            if os.getppid() != self.settings.parent_pid:
+                log.info("parent process %s is gone; stopping", self.settings.parent_pid)
+                self.stop()
+
+    def _write_status(self, state: str) -> None:
+        path = self.settings.status_file
+        if path is None:
+            return
+        data = {**self.info, "state": state, "user": self.user, "updated": time.time()}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _stats(self) -> dict[str, Any]:
+        with self._requests_lock:
+            busy = len(self._requests)
+        return {"busy": busy, "cell": self._running_cell is not None}
+
+    # -- channel callbacks (I/O thread) ----------------------------------------------------
+
+    def _on_event(self, event: str, header: dict[str, Any] | None) -> None:
+        if event == READY and header is not None:
+            self.user = header.get("user")
+            self.max_bytes = int(header.get("max_bytes") or self.max_bytes)
+            log.info("registered with the broker as a worker of user %s", self.user)
+            self._write_status("registered")
+        elif event == REFUSED and header is not None:
+            error = header.get("error") or {}
+            log.error("the broker refused this worker: %s", error.get("message"))
+            self.stop(EXIT_OK if error.get("code") == p.E_REPLACED else EXIT_REFUSED)
+        elif event == DISCONNECTED:
+            self._write_status("connecting")
+
+    def _on_message(
+        self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
+    ) -> None:
+        msg_type = header["t"]
+        key = (tag or b"", header.get("id", ""))
+        if msg_type == p.REQUEST:
+            self._start_request(key, header, payload)
+            return
+        with self._requests_lock:
+            ctx = self._requests.get(key)
+        if ctx is None:
+            return
+        if msg_type == p.CANCEL:
+            ctx.cancel()
+        elif msg_type == p.NEXT:
+            ctx.commands.put(p.NEXT)
+
+    def _start_request(
+        self, key: tuple[bytes, str], header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        tag, request_id = key
+        op = header.get("op")
+        ctx = RequestContext(tag, request_id, str(op), self.channel.send, self.channel.send_later)
+        with self._requests_lock:
+            if key in self._requests:
+                return
+            self._requests[key] = ctx
+        if op == p.OP_CALL:
+            self._pool.submit(
+                self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
+            )
+        elif op == p.OP_EXECUTE:
+            code = payload[0].bytes.decode("utf-8", "replace") if payload else ""
+            self._cells.put((ctx, header, code))
+        elif op in (p.OP_COMPLETE, p.OP_INSPECT):
+            self._pool.submit(self._guarded, ctx, self._introspect, header, payload)
+        else:
+            self._finish(ctx, p.make_error_reply(request_id, p.E_BAD_MESSAGE, f"unknown op {op!r}"))
+
+    # -- running requests ------------------------------------------------------------------
+
+    def _guarded(self, ctx: RequestContext, target: Any, *args: Any) -> None:
+        try:
+            target(ctx, *args)
+        except BaseException as exc:
+            log.exception("request %s failed inside the worker", ctx.request_id)
+            if not ctx.finished:
+                ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=0))
+        finally:
+            self._forget(ctx)
+
+    def _finish(self, ctx: RequestContext, frames: list[Any]) -> None:
+        ctx.finish(frames)
+        self._forget(ctx)
+
+    def _forget(self, ctx: RequestContext) -> None:
+        with self._requests_lock:
+            self._requests.pop(ctx.key, None)
+
+    def _introspect(self, ctx: RequestContext, header: dict[str, Any], payload: list[Any]) -> None:
+        assert self._shell is not None
+        request = p.parse_json_frame(payload[0]) if payload else {}
+        code = str(request.get("code", ""))
+        cursor = request.get("cursor_pos")
+        if ctx.op == p.OP_COMPLETE:
+            content = shell_ops.complete(self._shell, code, cursor)
+        else:
+            content = shell_ops.inspect(
+                self._shell, code, cursor, int(request.get("detail_level", 0))
+            )
+        ctx.finish(p.make_reply(ctx.request_id, p.STATUS_OK, [p.make_json_frame(content)]))
+
+    def _run_cell(self, ctx: RequestContext, header: dict[str, Any], code: str) -> None:
+        assert self._shell is not None
+        content: dict[str, Any] = {"status": "aborted", "execution_count": None}
+        try:
+            if not ctx.cancelled:
+                self._running_cell = ctx
+                # The C default handler raises KeyboardInterrupt without a frame of ours.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                with ctx.activate(interrupt=self._interrupt_cell):
+                    content = shell_ops.execute(
+                        self._shell,
+                        code,
+                        silent=bool(header.get("silent", False)),
+                        store_history=bool(header.get("store_history", True)),
+                    )
+        except KeyboardInterrupt:
+            content = {"status": "aborted", "execution_count": self._shell.execution_count}
+        finally:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._running_cell = None
+            self._interrupt_pending = False
+            status = {"ok": p.STATUS_OK, "aborted": p.STATUS_CANCELLED}.get(
+                content["status"], p.STATUS_ERROR
+            )
+            if (
+                ctx.cancelled
+                and status == p.STATUS_ERROR
+                and content.get("ename") == "KeyboardInterrupt"
+            ):
+                status = p.STATUS_CANCELLED
+            self._finish(ctx, p.make_reply(ctx.request_id, status, [p.make_json_frame(content)]))
+
+    def _interrupt_cell(self) -> None:
+        """Called under the request's lock while its cell runs: deliver a real SIGINT."""
+        self._interrupt_pending = True
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT between cells: a late interrupt is ignored, any other one stops the worker."""
+        if self._interrupt_pending:
+            self._interrupt_pending = False
+            return  # the cell finished before the interrupt landed
+        self.stop()

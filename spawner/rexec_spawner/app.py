@@ -1,0 +1,227 @@
+"""The spawner's HTTP API.
+
+Every route except ``/healthz`` needs ``Authorization: Bearer <token>``; the user comes only from
+the validated token, so a user sees and affects only their own workers. Token validation runs in
+a thread pool on a cache miss, so a slow identity provider never blocks other requests.
+
+Status codes: 401 missing or refused token, 403 user not in an allowed group, 404 no such worker,
+422 invalid worker name, 503 identity provider or spawner unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response, Security
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from rexec.auth import CachingValidator, Identity, NotInAllowedGroup, make_validator
+from rexec.credentials import load_key
+from rexec.errors import AuthError, AuthUnavailable, ConfigError, SpawnError
+from rexec_spawner.backends import WorkerBackend, make_backend
+from rexec_spawner.config import SpawnerSettings
+from rexec_spawner.models import BrokerInfo, Deleted, ErrorMessage, Health, WhoAmI, WorkerStatus
+from rexec_spawner.names import WORKER_NAME_RULE, valid_worker_name
+
+log = logging.getLogger(__name__)
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="a Rexec token: from `rexec up` (local stack) or your identity provider",
+)
+_AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorMessage, "description": "missing or refused token"},
+    403: {"model": ErrorMessage, "description": "user not in an allowed group"},
+    503: {"model": ErrorMessage, "description": "identity provider unavailable"},
+}
+_NAME_ERRORS: dict[int | str, dict[str, object]] = {
+    **_AUTH_ERRORS,
+    422: {"model": ErrorMessage, "description": "invalid worker name"},
+}
+
+
+def _unauthorized(message: str, error: str | None = None) -> HTTPException:
+    challenge = f'Bearer error="{error}"' if error else "Bearer"
+    return HTTPException(401, detail=message, headers={"WWW-Authenticate": challenge})
+
+
+def _bearer_token(header: str | None) -> str:
+    """The token in an ``Authorization`` header; 401 with the fix if there is none."""
+    if not header:
+        raise _unauthorized(
+            "no token: send the header `Authorization: Bearer <token>` (run `rexec up` for a "
+            "local token, or log in to your identity provider)"
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized(
+            "malformed Authorization header: it must be `Bearer <token>`", "invalid_request"
+        )
+    return token
+
+
+def _load_signing_key(settings: SpawnerSettings) -> bytes:
+    try:
+        return load_key(settings.signing_key_path)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}. The spawner signs worker credentials with the key the broker checks them "
+            "with: point REXEC_SIGNING_KEY_FILE (or --signing-key) at the broker's key; "
+            "`rexec up` creates both for a local stack"
+        ) from None
+
+
+@dataclass
+class _Services:
+    """What the routes use, kept on ``app.state.rexec``."""
+
+    backend: WorkerBackend
+    validator: CachingValidator
+    broker: BrokerInfo
+    # PUT must tell "created" from "existed"; one lock per worker makes get-then-ensure atomic.
+    put_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+
+
+async def _services(request: Request) -> _Services:
+    # Async on purpose: FastAPI runs sync dependencies in the thread pool, which slow identity
+    # provider calls may be filling up; requests answered from the cache must not wait for it.
+    services: _Services = request.app.state.rexec
+    return services
+
+
+async def _caller(
+    request: Request,
+    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Identity:
+    # The scheme object only documents the header in OpenAPI; the raw header gives precise errors.
+    services: _Services = request.app.state.rexec
+    return await authenticate(services.validator, request.headers.get("authorization"))
+
+
+async def _worker_name(
+    name: Annotated[str, Path(description=WORKER_NAME_RULE, examples=["default"])],
+) -> str:
+    if not valid_worker_name(name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise HTTPException(422, detail=f"invalid worker name {shown!r}: {WORKER_NAME_RULE}")
+    return name
+
+
+Caller = Annotated[Identity, Depends(_caller)]
+Name = Annotated[str, Depends(_worker_name)]
+Services = Annotated[_Services, Depends(_services)]
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["service"])
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get("/api/v1/whoami", tags=["service"], responses=_AUTH_ERRORS)
+async def whoami(caller: Caller) -> WhoAmI:
+    return WhoAmI(user=caller.user, groups=list(caller.groups))
+
+
+@router.get("/api/v1/broker", tags=["service"], responses=_AUTH_ERRORS)
+async def broker_info(caller: Caller, services: Services) -> BrokerInfo:
+    return services.broker
+
+
+@router.put(
+    "/api/v1/workers/{name}",
+    tags=["workers"],
+    status_code=200,
+    responses={**_NAME_ERRORS, 201: {"model": WorkerStatus, "description": "created"}},
+    summary="Create the caller's worker, or get it if it exists",
+)
+async def put_worker(
+    caller: Caller, name: Name, services: Services, response: Response
+) -> WorkerStatus:
+    lock = services.put_locks.setdefault((caller.user, name), asyncio.Lock())
+    async with lock:
+        before = await services.backend.get(caller.user, name)
+        record = await services.backend.ensure(caller.user, name)
+    if before is None or before.instance != record.instance:
+        response.status_code = 201
+    return WorkerStatus.from_record(record, services.broker)
+
+
+@router.get("/api/v1/workers/{name}", tags=["workers"], responses=_NAME_ERRORS)
+async def get_worker(caller: Caller, name: Name, services: Services) -> WorkerStatus:
+    record = await services.backend.get(caller.user, name)
+    if record is None:
+        raise HTTPException(
+            404,
+            detail=f"you have no worker named {name!r}; create it with PUT /api/v1/workers/{name}",
+        )
+    return WorkerStatus.from_record(record, services.broker)
+
+
+@router.get("/api/v1/workers", tags=["workers"], responses=_AUTH_ERRORS)
+async def list_workers(caller: Caller, services: Services) -> list[WorkerStatus]:
+    records = await services.backend.list(caller.user)
+    return [WorkerStatus.from_record(record, services.broker) for record in records]
+
+
+@router.delete("/api/v1/workers/{name}", tags=["workers"], responses=_NAME_ERRORS)
+async def delete_worker(caller: Caller, name: Name, services: Services) -> Deleted:
+    return Deleted(deleted=await services.backend.delete(caller.user, name))
+
+
+async def _spawn_error(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) -> FastAPI:
+    """The spawner application. Raises ``ConfigError`` at once for unusable settings."""
+    validator = make_validator(settings.auth)
+    workers = (
+        backend if backend is not None else make_backend(settings, _load_signing_key(settings))
+    )
+    broker = BrokerInfo(url=settings.broker_url, public_key=settings.broker_public_key)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await workers.close()
+            validator.close()
+
+    app = FastAPI(
+        title="Rexec spawner",
+        version="1",
+        description="Provisions, reports and deletes per-user Rexec workers.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.rexec = _Services(workers, validator, broker)
+    app.add_exception_handler(SpawnError, _spawn_error)
+    app.include_router(router)
+    return app
+
+
+async def authenticate(validator: CachingValidator, header: str | None) -> Identity:
+    """The identity behind an ``Authorization`` header, or the HTTPException to answer with."""
+    token = _bearer_token(header)
+    cached = validator.peek(token)
+    if cached is not None:
+        return cached
+    try:
+        return await run_in_threadpool(validator.validate, token)
+    except AuthUnavailable as exc:
+        log.warning("cannot validate a token: %s", exc)
+        raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from None
+    except NotInAllowedGroup as exc:
+        raise HTTPException(403, detail=str(exc)) from None
+    except AuthError as exc:
+        raise _unauthorized(str(exc), "invalid_token") from None

@@ -1,0 +1,423 @@
+"""The local backend: each worker is a subprocess of the spawner, on this machine.
+
+Per (user, worker name) there is a directory ``<data dir>/workers/<user dir>/<name>/`` with
+
+* ``credential`` (0600) — the one-user credential the broker checks; the worker learns its path
+  from ``REXEC_WORKER_CREDENTIAL_FILE``, never from its command line, which others can read;
+* ``status.json`` — written by the worker: ``connecting``, ``registered``, ``stopping``, plus
+  its pid and versions; the backend turns it into progress messages;
+* ``worker.log`` (0600) — the worker's stdout and stderr (``worker.log.1`` is the previous run).
+
+Workers run in their own session (process group) so that stopping one also stops whatever it
+started, and get ``--parent-pid`` so they exit if the spawner dies without stopping them.
+
+All workers run as the spawner's OS user, so this backend separates users' workers by credential
+and directory, not by OS permissions: it is meant for one person's machine. The Kubernetes backend
+is the multi-tenant one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rexec.credentials import make_worker_credential, write_secret_file
+from rexec.errors import SpawnError
+from rexec_spawner.backends.base import (
+    ACTIVE_STATES,
+    ProgressEvent,
+    WorkerBackend,
+    WorkerRecord,
+    WorkerState,
+    check_worker_name,
+)
+from rexec_spawner.config import SpawnerSettings
+from rexec_spawner.names import make_user_dir_name
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_ENV = "REXEC_WORKER_CREDENTIAL_FILE"
+PUBLIC_KEY_ENV = "REXEC_BROKER_PUBLIC_KEY"
+# Secrets of the person who started the spawner that a worker has no business inheriting.
+_WITHHELD_ENV = frozenset(
+    {"REXEC_TOKEN", "REXEC_WORKER_CREDENTIAL", CREDENTIAL_ENV, "REXEC_SIGNING_KEY_FILE"}
+)
+MAX_PROGRESS_EVENTS = 100
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 8192
+
+
+@dataclass
+class _LocalWorker:
+    """Mutable state of one worker; only the event loop thread touches it."""
+
+    user: str
+    name: str
+    directory: Path
+    instance: str = field(default_factory=lambda: secrets.token_hex(6))
+    created_at: float = field(default_factory=time.time)
+    state: WorkerState = "starting"
+    progress: deque[ProgressEvent] = field(
+        default_factory=lambda: deque(maxlen=MAX_PROGRESS_EVENTS)
+    )
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    monitor: asyncio.Task[None] | None = None
+    registered_once: bool = False
+    reported_state: str | None = None
+    status_signature: tuple[int, int] | None = None
+
+    @property
+    def credential_path(self) -> Path:
+        return self.directory / "credential"
+
+    @property
+    def status_path(self) -> Path:
+        return self.directory / "status.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "worker.log"
+
+    def note(self, message: str) -> None:
+        self.progress.append(ProgressEvent(time.time(), message))
+
+    def fail(self, error: str) -> None:
+        self.state, self.error = "failed", error
+        self.note(error)
+
+    def snapshot(self) -> WorkerRecord:
+        return WorkerRecord(
+            user=self.user,
+            name=self.name,
+            state=self.state,
+            instance=self.instance,
+            created_at=self.created_at,
+            progress=tuple(self.progress),
+            info=dict(self.info),
+            error=self.error,
+        )
+
+
+class LocalBackend(WorkerBackend):
+    """Workers as subprocesses running ``worker_command``."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        signing_key: bytes,
+        broker_backend_url: str,
+        broker_public_key: str | None,
+        worker_command: Sequence[str],
+        ready_timeout: float = 60.0,
+        stop_timeout: float = 5.0,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.workers_dir = Path(data_dir) / "workers"
+        self.broker_backend_url = broker_backend_url
+        self.broker_public_key = broker_public_key
+        self.worker_command = tuple(worker_command)
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.poll_interval = poll_interval
+        self._signing_key = signing_key
+        self._workers: dict[tuple[str, str], _LocalWorker] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: SpawnerSettings, signing_key: bytes) -> LocalBackend:
+        return cls(
+            data_dir=settings.data_dir,
+            signing_key=signing_key,
+            broker_backend_url=settings.broker_backend_url,
+            broker_public_key=settings.broker_public_key,
+            worker_command=settings.worker_command,
+            ready_timeout=settings.worker_ready_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.workers_dir)!r}, workers={len(self._workers)})"
+
+    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    def worker_dir(self, user: str, name: str) -> Path:
+        return self.workers_dir / make_user_dir_name(user) / name
+
+    # --- the interface -----------------------------------------------------------------------
+
+    async def ensure(self, user: str, name: str) -> WorkerRecord:
+        check_worker_name(name)
+        key = (user, name)
+        async with self._lock(key):
+            if self._closed:
+                raise SpawnError("the spawner is shutting down; try again once it is back")
+            worker = self._workers.get(key)
+            if worker is not None and worker.state in ACTIVE_STATES:
+                return worker.snapshot()
+            if worker is not None:
+                await self._retire(worker)
+            worker = _LocalWorker(user=user, name=name, directory=self.worker_dir(user, name))
+            self._workers[key] = worker
+            await self._start(worker)
+            return worker.snapshot()
+
+    async def get(self, user: str, name: str) -> WorkerRecord | None:
+        worker = self._workers.get((user, name))
+        return worker.snapshot() if worker is not None else None
+
+    async def list(self, user: str) -> builtins.list[WorkerRecord]:
+        mine = [worker for (owner, _), worker in self._workers.items() if owner == user]
+        return [worker.snapshot() for worker in sorted(mine, key=lambda w: w.name)]
+
+    async def delete(self, user: str, name: str) -> bool:
+        key = (user, name)
+        async with self._lock(key):
+            worker = self._workers.pop(key, None)
+            if worker is None:
+                return False
+            await self._retire(worker)
+            log.info("deleted worker %r of user %r", name, user)
+            return True
+
+    async def close(self) -> None:
+        self._closed = True
+        keys = builtins.list(self._workers)
+        await asyncio.gather(*(self.delete(user, name) for user, name in keys))
+
+    # --- starting ----------------------------------------------------------------------------
+
+    def _command(self, worker: _LocalWorker) -> builtins.list[str]:
+        return [
+            *self.worker_command,
+            "--broker",
+            self.broker_backend_url,
+            "--name",
+            worker.name,
+            "--status-file",
+            str(worker.status_path),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+
+    def _environment(self, worker: _LocalWorker) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key not in _WITHHELD_ENV}
+        env.pop(PUBLIC_KEY_ENV, None)
+        env[CREDENTIAL_ENV] = str(worker.credential_path)
+        if self.broker_public_key:
+            env[PUBLIC_KEY_ENV] = self.broker_public_key
+        # Unbuffered, so the log tail shown on a crash holds the worker's last words.
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _prepare_directory(self, worker: _LocalWorker) -> None:
+        for directory in (self.workers_dir, worker.directory.parent, worker.directory):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        credential = make_worker_credential(self._signing_key, worker.user, worker.name)
+        write_secret_file(worker.credential_path, credential.encode())
+        worker.status_path.unlink(missing_ok=True)
+        if worker.log_path.exists():
+            worker.log_path.replace(worker.log_path.with_name("worker.log.1"))
+
+    def _spawn(self, worker: _LocalWorker, command: builtins.list[str]) -> subprocess.Popen[bytes]:
+        self._prepare_directory(worker)
+        log_fd = os.open(worker.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=self._environment(worker),
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(log_fd)
+
+    async def _start(self, worker: _LocalWorker) -> None:
+        command = self._command(worker)
+        try:
+            # Off the event loop: forking a large process and writing files can take a while.
+            worker.process = await asyncio.to_thread(self._spawn, worker, command)
+        except OSError as exc:
+            worker.credential_path.unlink(missing_ok=True)
+            worker.fail(
+                f"cannot start the worker command {command[0]!r} ({exc.strerror or exc}); "
+                "check REXEC_WORKER_COMMAND and that rexec is installed for that Python"
+            )
+            log.error("worker %r of user %r: %s", worker.name, worker.user, worker.error)
+            return
+        worker.note(f"starting worker process (pid {worker.process.pid})")
+        log.info(
+            "started worker %r of user %r (pid %d)", worker.name, worker.user, worker.process.pid
+        )
+        worker.monitor = asyncio.create_task(
+            self._monitor(worker), name=f"rexec-worker-monitor-{worker.name}"
+        )
+
+    # --- watching ----------------------------------------------------------------------------
+
+    async def _monitor(self, worker: _LocalWorker) -> None:
+        """Follow the status file and the process until the process ends."""
+        process = worker.process
+        assert process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ready_timeout
+        try:
+            while True:
+                code = process.poll()
+                self._read_status(worker)
+                if code is not None:
+                    self._finished(worker, code)
+                    return
+                if not worker.registered_once and loop.time() > deadline:
+                    await self._give_up(worker)
+                    return
+                await asyncio.sleep(self.poll_interval)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug here must not leave a worker reported as healthy forever.
+            log.exception("monitor of worker %r of user %r failed", worker.name, worker.user)
+            worker.fail("the spawner lost track of this worker; delete it and create it again")
+
+    def _read_status(self, worker: _LocalWorker) -> None:
+        try:
+            stat = worker.status_path.stat()
+            signature = (stat.st_mtime_ns, stat.st_size)
+            if signature == worker.status_signature:
+                return
+            status = json.loads(worker.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            # Not written yet, or caught mid-write: the next poll reads it.
+            return
+        if not isinstance(status, dict):
+            return
+        worker.status_signature = signature
+        worker.info = {key: value for key, value in status.items() if key != "state"}
+        reported = status.get("state")
+        if reported == worker.reported_state:
+            return
+        worker.reported_state = reported if isinstance(reported, str) else None
+        if reported == "connecting":
+            if worker.registered_once:
+                worker.state = "starting"
+                worker.note("worker lost the broker; reconnecting")
+            else:
+                worker.note(
+                    f"worker process running; connecting to the broker at {self.broker_backend_url}"
+                )
+        elif reported == "registered":
+            worker.state, worker.registered_once = "ready", True
+            worker.note("worker connected to the broker")
+        elif reported == "stopping":
+            worker.note("worker is stopping")
+
+    def _finished(self, worker: _LocalWorker, code: int) -> None:
+        assert worker.process is not None
+        _kill_leftovers(worker.process)
+        worker.credential_path.unlink(missing_ok=True)
+        if worker.state == "failed":
+            return  # already explained (for example by the ready timeout)
+        if code == 0:
+            worker.state = "stopped"
+            worker.note("worker process exited")
+            return
+        if code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        worker.fail(f"worker process {how}; {self._log_tail(worker)}")
+        log.warning("worker %r of user %r %s", worker.name, worker.user, how)
+
+    async def _give_up(self, worker: _LocalWorker) -> None:
+        reason = (
+            f"worker did not connect to the broker at {self.broker_backend_url} within "
+            f"{self.ready_timeout:g} s; check that the broker is running and reachable"
+        )
+        worker.note(f"no broker connection after {self.ready_timeout:g} s; stopping the worker")
+        log.warning("worker %r of user %r: %s", worker.name, worker.user, reason)
+        # Stopped before it is reported failed, so "failed" always means "nothing left running".
+        await self._stop_process(worker)
+        worker.credential_path.unlink(missing_ok=True)
+        worker.fail(f"{reason}; {self._log_tail(worker)}")
+
+    def _log_tail(self, worker: _LocalWorker) -> str:
+        try:
+            with worker.log_path.open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+                data = handle.read()
+        except OSError:
+            return f"no log at {worker.log_path}"
+        lines = data.decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
+        if not lines:
+            return f"its log {worker.log_path} is empty"
+        return f"last lines of {worker.log_path}:\n" + "\n".join(lines)
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    async def _retire(self, worker: _LocalWorker) -> None:
+        """Stop watching and stop the process; remove what only a running worker needs."""
+        if worker.monitor is not None:
+            worker.monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.monitor
+        await self._stop_process(worker)
+        worker.credential_path.unlink(missing_ok=True)
+        worker.status_path.unlink(missing_ok=True)
+
+    async def _stop_process(self, worker: _LocalWorker) -> None:
+        """SIGTERM the worker's process group, SIGKILL it after ``stop_timeout`` s."""
+        process = worker.process
+        if process is None or process.poll() is not None:
+            return
+        _signal_group(process.pid, signal.SIGTERM)
+        if not await _wait_exit(process, self.stop_timeout):
+            log.warning("worker %r ignored SIGTERM; killing it", worker.name)
+            _signal_group(process.pid, signal.SIGKILL)
+            await _wait_exit(process, self.stop_timeout)
+        _kill_leftovers(process)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _kill_leftovers(process: subprocess.Popen[bytes]) -> None:
+    """Kill what the worker started and left behind in its session.
+
+    Only call this right after seeing the worker exit: while members remain, the group id cannot
+    be reused, so the signal reaches nobody else.
+    """
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+async def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True

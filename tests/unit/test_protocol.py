@@ -1,0 +1,71 @@
+"""Frame building and parsing, with no sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rexec import protocol as p
+from rexec.errors import ProtocolError
+
+
+def test_request_round_trip_keeps_payload_frames_untouched():
+    payload = [b"\x80\x05function", memoryview(b"args")]
+    frames = p.make_request("abc-1", p.OP_CALL, payload, fn="k", ser="pickle", nb=None)
+    header = p.parse_header(frames[0], p.CLIENT_TO_BROKER)
+    assert header == {
+        "v": 1,
+        "t": "request",
+        "id": "abc-1",
+        "op": "call",
+        "fn": "k",
+        "ser": "pickle",
+    }
+    assert frames[1:] == payload
+
+
+def test_output_content_is_jupyter_content_in_a_payload_frame():
+    frames = p.make_output("r1", "stream", {"name": "stdout", "text": "hi\n"})
+    assert p.parse_header(frames[0]) == {"v": 1, "t": "output", "id": "r1", "mt": "stream"}
+    assert json.loads(frames[1]) == {"name": "stdout", "text": "hi\n"}
+
+
+def test_error_reply_carries_code_and_message():
+    header = p.parse_header(p.make_error_reply("r9", p.E_WORKER_DIED, "gone")[0])
+    assert header["status"] == p.STATUS_ERROR
+    assert header["error"] == {"code": "worker_died", "message": "gone"}
+
+
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        (b"x" * (p.MAX_HEADER_BYTES + 1), "exceeds"),
+        (b"\x80\x04not json", "not UTF-8 JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"v": 99, "t": "hello"}', "protocol version 99"),
+        (b'{"v": 1, "t": "shutdown"}', "unexpected message type"),
+        (b'{"v": 1, "t": "request", "id": "../../etc"}', "request id"),
+    ],
+)
+def test_malformed_headers_are_refused(frame, reason):
+    with pytest.raises(ProtocolError, match=reason):
+        p.parse_header(frame, p.CLIENT_TO_BROKER)
+
+
+def test_header_size_is_bounded_when_building():
+    with pytest.raises(ProtocolError, match="payload frames"):
+        p.make_header(p.HELLO, token="x" * p.MAX_HEADER_BYTES)
+
+
+def test_worker_names_follow_the_dns_label_rule():
+    assert p.valid_worker_name("default") and p.valid_worker_name("gpu-2")
+    for bad in ("", "Default", "-x", "x-", "a" * 33, "a/b", "a b"):
+        assert not p.valid_worker_name(bad)
+
+
+def test_message_size_counts_every_kind_of_frame():
+    import pickle
+
+    buffer = pickle.PickleBuffer(bytearray(100))
+    assert p.message_size([b"abc", memoryview(b"12345"), buffer]) == 108

@@ -1,0 +1,75 @@
+"""The broker's routing rules, without sockets."""
+
+from __future__ import annotations
+
+from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
+
+from rexec import protocol as p
+
+
+def client(rid: bytes, user: str, worker: str = "default") -> ClientConn:
+    return ClientConn(rid, user, (), worker, "token", 0.0)
+
+
+def test_request_goes_to_the_users_own_worker_and_reply_to_the_asker():
+    table = RoutingTable()
+    table.register_worker(WorkerConn(b"\0wA", "alice", "default", {}))
+    table.register_worker(WorkerConn(b"\0wB", "bob", "default", {}))
+    table.add_client(client(b"\0cA", "alice"))
+    table.add_client(client(b"\0cB", "bob"))
+    assert table.start_request(b"\0cA", "r1").rid == b"\0wA"
+    assert table.start_request(b"\0cB", "r1").rid == b"\0wB"
+    # Bob's worker cannot answer alice's request, even knowing both ids.
+    assert table.route_response(b"\0wB", b"\0cA", "r1", terminal=True) is None
+    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=False) == b"\0cA"
+    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=True) == b"\0cA"
+    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=True) is None
+
+
+def test_unauthenticated_duplicate_and_workerless_requests_are_refused():
+    table = RoutingTable()
+    assert table.start_request(b"\0c", "r").code == p.E_UNAUTHENTICATED
+    table.add_client(client(b"\0c", "alice"))
+    refusal = table.start_request(b"\0c", "r")
+    assert isinstance(refusal, Refusal) and refusal.code == p.E_NO_WORKER
+    table.register_worker(WorkerConn(b"\0w", "alice", "default", {}))
+    table.start_request(b"\0c", "r")
+    assert table.start_request(b"\0c", "r").code == p.E_BAD_MESSAGE
+
+
+def test_followups_only_for_the_clients_own_requests():
+    table = RoutingTable()
+    table.register_worker(WorkerConn(b"\0w", "alice", "default", {}))
+    table.add_client(client(b"\0c1", "alice"))
+    table.add_client(client(b"\0c2", "alice"))
+    table.start_request(b"\0c1", "r")
+    assert table.followup_target(b"\0c1", "r") == b"\0w"
+    assert table.followup_target(b"\0c2", "r") is None
+
+
+def test_removing_a_worker_reports_its_lost_requests():
+    table = RoutingTable()
+    table.register_worker(WorkerConn(b"\0w", "alice", "default", {}))
+    table.add_client(client(b"\0c", "alice"))
+    table.start_request(b"\0c", "r1")
+    table.start_request(b"\0c", "r2")
+    conn, lost = table.remove_worker(b"\0w")
+    assert conn is not None and lost == [(b"\0c", "r1"), (b"\0c", "r2")]
+    assert table.inflight == {} and table.clients[b"\0c"].inflight == set()
+
+
+def test_removing_a_client_reports_requests_to_cancel():
+    table = RoutingTable()
+    table.register_worker(WorkerConn(b"\0w", "alice", "default", {}))
+    table.add_client(client(b"\0c", "alice"))
+    table.start_request(b"\0c", "r1")
+    assert table.remove_client(b"\0c") == [(b"\0w", "r1")]
+    assert table.workers[b"\0w"].inflight == set()
+
+
+def test_new_registration_replaces_the_old_worker_of_the_same_name():
+    table = RoutingTable()
+    table.register_worker(WorkerConn(b"\0old", "alice", "default", {}))
+    replaced = table.register_worker(WorkerConn(b"\0new", "alice", "default", {}))
+    assert replaced is not None and replaced.rid == b"\0old"
+    assert table.worker_by_key[("alice", "default")] == b"\0new"

@@ -1,0 +1,134 @@
+"""Spawner pieces that need no server: settings, names, the command line, response models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from rexec_spawner.backends.base import ProgressEvent, WorkerRecord, check_worker_name
+from rexec_spawner.cli import make_parser, settings_from_args
+from rexec_spawner.config import SpawnerSettings
+from rexec_spawner.models import BrokerInfo, WorkerStatus
+from rexec_spawner.names import make_user_dir_name, valid_worker_name
+
+from rexec.auth import AuthSettings
+from rexec.errors import ConfigError, SpawnError
+
+
+def test_settings_from_env_reads_every_variable(tmp_path: Path) -> None:
+    env = {
+        "REXEC_SPAWNER_HOST": "0.0.0.0",
+        "REXEC_SPAWNER_PORT": "9000",
+        "REXEC_SIGNING_KEY_FILE": str(tmp_path / "key"),
+        "REXEC_BROKER_URL": "tcp://broker.example.org:30001",
+        "REXEC_BROKER_BACKEND_URL": "tcp://broker:5560",
+        "REXEC_BROKER_PUBLIC_KEY": "public-z85",
+        "REXEC_SPAWNER_DATA_DIR": str(tmp_path / "data"),
+        "REXEC_WORKER_READY_TIMEOUT": "12.5",
+        "REXEC_WORKER_COMMAND": "/opt/py/bin/python -m rexec worker",
+        "REXEC_TOKEN_FILE": str(tmp_path / "tokens.json"),
+    }
+    settings = SpawnerSettings.from_env(env)
+    assert settings.host == "0.0.0.0" and settings.port == 9000
+    assert settings.signing_key_path == tmp_path / "key"
+    assert settings.broker_url == "tcp://broker.example.org:30001"
+    assert settings.broker_backend_url == "tcp://broker:5560"
+    assert settings.broker_public_key == "public-z85"
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.worker_ready_timeout == 12.5
+    assert settings.worker_command == ("/opt/py/bin/python", "-m", "rexec", "worker")
+    assert settings.auth.token_file == tmp_path / "tokens.json"
+
+
+def test_settings_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REXEC_HOME", str(tmp_path))
+    settings = SpawnerSettings.from_env({})
+    assert (settings.host, settings.port, settings.backend) == ("127.0.0.1", 8750, "local")
+    assert settings.data_dir == tmp_path / "stack"
+    assert settings.signing_key_path == tmp_path / "stack" / "signing.key"
+    assert settings.worker_command == (sys.executable, "-m", "rexec", "worker")
+    assert settings.broker_public_key is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REXEC_SPAWNER_PORT": "http"}, "REXEC_SPAWNER_PORT"),
+        ({"REXEC_SPAWNER_BACKEND": "slurm"}, "choose one of: local"),
+        ({"REXEC_WORKER_READY_TIMEOUT": "0"}, "positive"),
+        ({"REXEC_BROKER_URL": "http://broker"}, "tcp://host:port"),
+        ({"REXEC_WORKER_COMMAND": "python 'unclosed"}, "REXEC_WORKER_COMMAND"),
+    ],
+)
+def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpawnerSettings.from_env(env)
+
+
+def test_command_line_overrides_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "AUTH_API_URL",
+        "REXEC_AUTH_METHOD",
+        "REXEC_ALLOWED_GROUPS",
+        "REXEC_AUTH_CACHE_TTL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REXEC_SPAWNER_PORT", "9000")
+    monkeypatch.setenv("REXEC_TOKEN_FILE", str(tmp_path / "env-tokens.json"))
+    args = make_parser().parse_args(
+        ["--port", "9100", "--token-file", str(tmp_path / "t.json"), "--allowed-groups", "a,b"]
+    )
+    settings = settings_from_args(args)
+    assert settings.port == 9100
+    assert settings.auth == AuthSettings(token_file=tmp_path / "t.json", allowed_groups=("a", "b"))
+
+
+@pytest.mark.parametrize("name", ["default", "a", "gpu-1", "x" * 32, "0"])
+def test_valid_worker_names(name: str) -> None:
+    assert valid_worker_name(name)
+    check_worker_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a/b", "..", "x" * 33, "é"])
+def test_invalid_worker_names(name: str) -> None:
+    assert not valid_worker_name(name)
+    with pytest.raises(SpawnError, match="lowercase letters"):
+        check_worker_name(name)
+
+
+def test_user_dir_names_are_safe_and_distinct() -> None:
+    users = ["alice", "Alice", "a/b", "a.b", "../../etc", "", "ü" * 100, "x" * 500, "a\x00b"]
+    names = [make_user_dir_name(user) for user in users]
+    assert len(set(names)) == len(users)
+    for name in names:
+        assert "/" not in name and "\x00" not in name and not name.startswith(".")
+        assert len(name) <= 45
+        assert Path("/base", name).parent == Path("/base")
+    assert make_user_dir_name("alice") == make_user_dir_name("alice")
+    assert make_user_dir_name("alice").startswith("alice-")
+
+
+def test_worker_status_from_record() -> None:
+    record = WorkerRecord(
+        user="alice",
+        name="default",
+        state="ready",
+        instance="abc",
+        created_at=1.0,
+        progress=(ProgressEvent(2.0, "starting worker process (pid 7)"),),
+        info={"pid": 7},
+    )
+    status = WorkerStatus.from_record(record, BrokerInfo(url="tcp://b:1", public_key=None))
+    assert status.model_dump() == {
+        "user": "alice",
+        "name": "default",
+        "state": "ready",
+        "progress": [{"time": 2.0, "message": "starting worker process (pid 7)"}],
+        "info": {"pid": 7},
+        "error": None,
+        "created_at": 1.0,
+        "broker": {"url": "tcp://b:1", "public_key": None},
+    }
