@@ -229,7 +229,8 @@ def make_error_reply(request_id: str, code: str, message: str) -> list[bytes]:
     return [make_header(REPLY, id=request_id, status=STATUS_ERROR, error=error_info(code, message))]
 
 
-def parse_json_frame(frame: bytes | memoryview) -> Any:
+def parse_json_frame(frame: Any) -> Any:
+    """Decode a JSON payload frame (bytes, memoryview or zmq.Frame)."""
     try:
         return json.loads(bytes(frame))
     except (UnicodeDecodeError, ValueError) as exc:

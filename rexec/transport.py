@@ -84,7 +84,7 @@ def open_monitor(sock: zmq.Socket) -> zmq.Socket:
 
 def read_monitor_events(monitor: zmq.Socket) -> list[int]:
     """Drain pending monitor events without blocking; return their event numbers."""
-    events = []
+    events: list[int] = []
     while True:
         try:
             message = recv_monitor_message(monitor, flags=zmq.NOBLOCK)

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from rexec import protocol as p
-from rexec.auth import Identity, TokenValidator
+from rexec.auth import CachingValidator, Identity
 from rexec.credentials import verify_worker_credential
 from rexec.errors import AuthError, AuthUnavailable, ProtocolError
 from rexec.transport import (
@@ -58,7 +58,9 @@ class _Validation:
 class Broker:
     """Routes requests from authenticated clients to their own user's worker and back."""
 
-    def __init__(self, settings: BrokerSettings, validator: TokenValidator, signing_key: bytes):
+    def __init__(
+        self, settings: BrokerSettings, validator: CachingValidator, signing_key: bytes
+    ) -> None:
         settings.check()
         self.settings = settings
         self._validator = validator
@@ -274,7 +276,12 @@ class Broker:
     ) -> None:
         future = self._pool.submit(self._validator.validate, token)
         job = _Validation(rid, token, worker, info, revalidate, future)
-        future.add_done_callback(lambda _f: (self._validations.append(job), self._waker.wake()))
+
+        def done(_: Future[Identity]) -> None:
+            self._validations.append(job)
+            self._waker.wake()
+
+        future.add_done_callback(done)
 
     def _finish_validations(self) -> None:
         while self._validations:
@@ -374,10 +381,10 @@ class Broker:
             return
         request_id = header.get("id")
         terminal = msg_type == p.REPLY
-        client_rid = (
-            self.table.route_response(rid, tag, request_id, terminal) if request_id else None
-        )
-        if client_rid is None:
+        client_rid = None
+        if isinstance(request_id, str):
+            client_rid = self.table.route_response(rid, tag, request_id, terminal)
+        if client_rid is None or not isinstance(request_id, str):
             self.stats["dropped_unrouted"] += 1
             return
         size = p.message_size(frames)

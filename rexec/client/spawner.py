@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from urllib.parse import urlsplit, urlunsplit
+
 import httpx
 
 from rexec.errors import AuthError, AuthUnavailable, ConfigError, SpawnError
@@ -15,27 +17,48 @@ READY = "ready"
 FAILED_STATES = frozenset({"failed", "stopped"})
 
 
-def normalize_spawner_url(url: str) -> str:
-    """Accept the base URL, or the reference docs' ``.../spawn`` endpoint URL."""
+def candidate_base_urls(url: str) -> list[str]:
+    """Where the API may live for a configured URL, most specific first.
+
+    Accepts the base URL, or the reference docs' ``.../spawn`` endpoint URL (whose prefix is an
+    ingress path on a cluster, but absent on a spawner served at the root).
+    """
     base = url.rstrip("/")
-    return base[: -len("/spawn")] if base.endswith("/spawn") else base
+    if base.endswith("/spawn"):
+        base = base[: -len("/spawn")]
+    parts = urlsplit(base)
+    origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+    return [base] if base == origin else [base, origin]
 
 
 class SpawnerClient:
     def __init__(self, base_url: str, token: str, timeout: float = 10.0) -> None:
-        self.base_url = normalize_spawner_url(base_url)
+        self._candidates = candidate_base_urls(base_url)
+        self.base_url = self._candidates[0]
+        self._resolved = len(self._candidates) == 1
         self._client = httpx.Client(
-            base_url=self.base_url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"}, timeout=timeout
         )
 
     def close(self) -> None:
         self._client.close()
 
+    def _resolve(self) -> None:
+        """Pick the first candidate base URL whose unauthenticated health check answers."""
+        for base in self._candidates:
+            try:
+                if self._client.get(f"{base}/healthz").status_code == 200:
+                    self.base_url = base
+                    break
+            except httpx.HTTPError:
+                continue
+        self._resolved = True
+
     def _request(self, method: str, path: str) -> Any:
+        if not self._resolved:
+            self._resolve()
         try:
-            response = self._client.request(method, path)
+            response = self._client.request(method, f"{self.base_url}{path}")
         except httpx.HTTPError as exc:
             raise SpawnError(
                 f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "

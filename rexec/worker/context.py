@@ -169,7 +169,7 @@ class RoutedStream(io.TextIOBase):
         self._fallback = fallback
 
     @property
-    def encoding(self) -> str:
+    def encoding(self) -> str:  # type: ignore[override]
         return "utf-8"
 
     def writable(self) -> bool:

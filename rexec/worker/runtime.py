@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import dill
 import zmq
@@ -100,8 +100,8 @@ class Worker:
     def run(self) -> int:
         """Serve until stopped; cells run on this (the main) thread. Returns an exit code."""
         self._shell = shell_ops.create_shell()
-        sys.stdout = RoutedStream("stdout", sys.__stdout__)  # type: ignore[assignment]
-        sys.stderr = RoutedStream("stderr", sys.__stderr__)  # type: ignore[assignment]
+        sys.stdout = RoutedStream("stdout", cast(TextIO, sys.__stdout__))
+        sys.stderr = RoutedStream("stderr", cast(TextIO, sys.__stderr__))
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self._write_status("connecting")

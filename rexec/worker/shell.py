@@ -19,7 +19,7 @@ from rexec.worker.context import current_context
 
 
 class _ContextDisplayPublisher(DisplayPublisher):
-    def publish(  # type: ignore[override]
+    def publish(
         self,
         data: dict[str, Any],
         metadata: dict[str, Any] | None = None,

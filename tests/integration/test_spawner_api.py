@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -114,27 +115,42 @@ def test_identity_provider_down_is_503(tmp_path: Path) -> None:
 
 def test_slow_identity_provider_does_not_block_other_requests(tmp_path: Path) -> None:
     idp = IdentityProvider()
-    idp.add("slow-token-123456", "alice", ["science"])
+    idp.add("cached-token-123456", "bob", ["science"])
     with serve(idp.make_app()) as idp_url:
         auth = AuthSettings(api_url=f"{idp_url}/introspect", timeout=10.0)
         fixture = make_spawner_fixture(tmp_path, users={}, auth=auth)
         with serve(create_app(fixture.settings), probe="/healthz") as url:
+            bob = {"Authorization": "Bearer cached-token-123456"}
+            assert httpx.get(f"{url}/api/v1/whoami", headers=bob).json()["user"] == "bob"
             idp.delay = 2.0
+            # Enough slow validations at once to fill the default thread pool (40 threads).
             slow: list[httpx.Response] = []
-            headers = {"Authorization": "Bearer slow-token-123456"}
-            thread = threading.Thread(
-                target=lambda: slow.append(httpx.get(f"{url}/api/v1/whoami", headers=headers))
-            )
-            thread.start()
+            threads = [
+                threading.Thread(
+                    target=lambda t: slow.append(whoami(url, t)), args=(f"slow-{i:06d}",)
+                )
+                for i in range(45)
+            ]
+            for thread in threads:
+                thread.start()
             deadline = time.monotonic() + 5.0
-            while idp.requests == 0:
-                assert time.monotonic() < deadline, "the slow request never reached the IdP"
+            while idp.requests < 41:
+                assert time.monotonic() < deadline, "the slow requests never reached the IdP"
                 time.sleep(0.01)
             started = time.monotonic()
             assert httpx.get(f"{url}/healthz", timeout=5.0).status_code == 200
-            assert time.monotonic() - started < 1.0
-            thread.join(10.0)
-            assert slow and slow[0].json()["user"] == "alice"
+            assert httpx.get(f"{url}/api/v1/whoami", headers=bob, timeout=5.0).is_success
+            assert httpx.get(f"{url}/api/v1/workers", headers=bob, timeout=5.0).is_success
+            assert time.monotonic() - started < 1.0, "cached and anonymous requests waited"
+            for thread in threads:
+                thread.join(15.0)
+            assert len(slow) == 45
+            assert {response.status_code for response in slow} == {401}
+
+
+def whoami(url: str, token: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.get(f"{url}/api/v1/whoami", headers=headers, timeout=15.0)
 
 
 @pytest.mark.parametrize(
@@ -210,3 +226,21 @@ def test_missing_signing_key_fails_fast_with_the_fix(tmp_path: Path) -> None:
     fixture = make_spawner_fixture(tmp_path, signing_key_path=tmp_path / "absent.key")
     with pytest.raises(ConfigError, match="REXEC_SIGNING_KEY_FILE"):
         create_app(fixture.settings)
+
+
+def test_tokens_never_reach_the_logs(
+    tmp_path: Path, stack: SpawnerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    refused = "refused-token-0123456789"
+    with serve(create_app(stack.settings), probe="/healthz") as url:
+        for token in (stack.tokens["alice"], refused):
+            headers = {"Authorization": f"Bearer {token}"}
+            httpx.get(f"{url}/api/v1/whoami", headers=headers)
+            httpx.put(f"{url}/api/v1/workers/default", headers=headers)
+    down = AuthSettings(api_url=f"http://127.0.0.1:{free_port()}/introspect", timeout=1.0)
+    with serve(create_app(replace(stack.settings, auth=down)), probe="/healthz") as url:
+        httpx.get(f"{url}/api/v1/whoami", headers={"Authorization": f"Bearer {refused}"})
+    assert "cannot validate a token" in caplog.text, "the logs were captured"
+    for token in (stack.tokens["alice"], refused):
+        assert token not in caplog.text

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,7 @@ from rexec_spawner.backends.local import LocalBackend
 
 from rexec.auth import AuthSettings, make_validator
 from rexec.credentials import create_key_file
+from rexec.transport import create_curve_keypair
 from tests.support.servers import free_port, serve
 from tests.support.spawner import make_spawner_fixture
 
@@ -38,29 +40,39 @@ class RunningBroker:
     backend_url: str
     key_path: Path
     key: bytes
+    public_key: str | None = None
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RunningBroker]:
-    key_path = tmp_path / "signing.key"
+@contextmanager
+def run_broker(directory: Path, curve: bool = False) -> Iterator[RunningBroker]:
+    """A real broker in a thread, on random loopback ports, optionally with CurveZMQ."""
+    key_path = directory / "signing.key"
     key = create_key_file(key_path)
-    token_file = tmp_path / "tokens.json"
+    token_file = directory / "tokens.json"
     token_file.write_text('{"tokens": []}')
+    public_key, secret_path = create_curve_keypair(directory) if curve else (None, None)
     settings = BrokerSettings(
         signing_key_path=key_path,
         auth=AuthSettings(token_file=token_file),
         frontend="tcp://127.0.0.1:*",
         backend="tcp://127.0.0.1:*",
+        curve_secret_key_path=secret_path,
     )
     server = Broker(settings, make_validator(settings.auth), key)
     thread = threading.Thread(target=server.serve_forever, name="broker", daemon=True)
     thread.start()
     try:
-        yield RunningBroker(server.backend_url, key_path, key)
+        yield RunningBroker(server.backend_url, key_path, key, public_key)
     finally:
         server.stop()
         thread.join(10.0)
         assert not thread.is_alive(), "broker did not stop within 10 s"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RunningBroker]:
+    with run_broker(tmp_path) as running:
+        yield running
 
 
 def make_backend(tmp_path: Path, broker_url: str, key: bytes, **options: object) -> LocalBackend:
@@ -140,6 +152,23 @@ def test_worker_becomes_ready_then_is_deleted(tmp_path: Path, broker: RunningBro
         assert await backend.delete("alice", "default") is False
 
     run(scenario, backend)
+
+
+def test_worker_gets_the_broker_public_key_and_registers_over_curve(tmp_path: Path) -> None:
+    with run_broker(tmp_path, curve=True) as broker:
+        assert broker.public_key
+        backend = make_backend(
+            tmp_path, broker.backend_url, broker.key, broker_public_key=broker.public_key
+        )
+
+        async def scenario(backend: LocalBackend) -> None:
+            record = await backend.ensure("alice", "default")
+            ready = await wait_state(backend, "alice", "default", {"ready", "failed", "stopped"})
+            assert ready.state == "ready", ready.error
+            environ = Path(f"/proc/{pid_of(record)}/environ").read_bytes().split(b"\0")
+            assert f"REXEC_BROKER_PUBLIC_KEY={broker.public_key}".encode() in environ
+
+        run(scenario, backend)
 
 
 def test_killed_worker_fails_and_the_next_ensure_starts_a_fresh_one(
