@@ -88,6 +88,7 @@ class BrokerChannel:
         self._start_error: BaseException | None = None
         self._ready = False
         self._connected = False
+        self._sleeping = False  # the I/O thread is (about to be) blocked in poll
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -111,13 +112,17 @@ class BrokerChannel:
                 self._held[key if key is not None else object()] = frames
                 return
             self._outbox.append(frames)
-        self._waker.wake()
+            wake = self._sleeping
+        if wake:
+            self._waker.wake()
 
     def send_later(self, produce: Deferred) -> None:
         """Queue a callable that returns the messages to send once it is its turn."""
         with self._lock:
             self._outbox.append(produce)
-        self._waker.wake()
+            wake = self._sleeping
+        if wake:
+            self._waker.wake()
 
     def is_held(self, key: object) -> bool:
         with self._lock:
@@ -180,7 +185,14 @@ class BrokerChannel:
             timeout_ms = max(0, int((next_ping - now) * 1000)) if self._connected else 500
             if want_out:
                 poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+            with self._lock:
+                # Senders only write to the wake-up pipe while this thread may be in poll.
+                self._sleeping = not self._outbox
+                if not self._sleeping and not want_out:
+                    timeout_ms = 0
             events = dict(poller.poll(timeout_ms))
+            with self._lock:
+                self._sleeping = False
             if want_out:
                 poller.modify(sock, zmq.POLLIN)
             if monitor in events:

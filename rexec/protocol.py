@@ -87,14 +87,19 @@ NO_TAG: Final = b""
 WORKER_NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 _WORKER_NAME_RE = re.compile(WORKER_NAME_PATTERN)
 
+# One encoder, built once: json.dumps with options builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+
 _ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_ID_LENGTH}}}$")
 
 
 def make_header(msg_type: str, **fields: Any) -> bytes:
     """Build a header frame. ``None`` fields are left out."""
     header = {"v": PROTOCOL_VERSION, "t": msg_type}
-    header.update({key: value for key, value in fields.items() if value is not None})
-    data = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    for key, value in fields.items():
+        if value is not None:
+            header[key] = value
+    data = _encode(header).encode()
     if len(data) > MAX_HEADER_BYTES:
         raise ProtocolError(
             f"a {msg_type!r} header is {len(data)} bytes, over the {MAX_HEADER_BYTES}-byte limit; "
@@ -210,8 +215,7 @@ def make_output(request_id: str, msg_type: str, content: dict[str, Any]) -> list
     clear_output. The content travels as a JSON payload frame so its size is not bounded by the
     header limit and the broker never parses it.
     """
-    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-    return [make_header(OUTPUT, id=request_id, mt=msg_type), body]
+    return [make_header(OUTPUT, id=request_id, mt=msg_type), make_json_frame(content)]
 
 
 def make_item(request_id: str, payload: Sequence[Any] = (), **fields: Any) -> list[Any]:
@@ -238,7 +242,7 @@ def parse_json_frame(frame: Any) -> Any:
 
 
 def make_json_frame(content: Any) -> bytes:
-    return json.dumps(content, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return _encode(content).encode()
 
 
 def message_size(frames: Sequence[Any]) -> int:

@@ -43,15 +43,29 @@ from rexec.profile import Profile, load_profile
 CONNECT_TIMEOUT = 30.0
 WORKER_READY_TIMEOUT = 120.0
 CANCEL_GRACE = 5.0
+# Without a spawner nothing will start a worker for us; wait briefly for one re-registering
+# (after a broker restart), then report that none is there.
+UNSPAWNED_WORKER_WAIT = 5.0
 _LOST = "_lost"
 
 
-class _Pending:
-    """A request waiting for its messages."""
+Delivery = Callable[[dict[str, Any], list[zmq.Frame]], None]
 
-    def __init__(self, request_id: str) -> None:
+
+class _Pending:
+    """A request waiting for its messages: queued for a waiting thread, or given to a callback
+    on the I/O thread (futures from ``submit``)."""
+
+    def __init__(self, request_id: str, callback: Delivery | None = None) -> None:
         self.id = request_id
+        self.callback = callback
         self.events: queue.Queue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.Queue()
+
+    def deliver(self, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+        if self.callback is not None:
+            self.callback(header, payload)
+        else:
+            self.events.put((header, payload))
 
 
 class Session:
@@ -184,7 +198,7 @@ class Session:
         with self._lock:
             pending = self._pending.get(header.get("id", ""))
         if pending is not None:
-            pending.events.put((header, payload))
+            pending.deliver(header, payload)
 
     def _set_worker_info(self, info: dict[str, Any] | None) -> None:
         with self._lock:
@@ -221,14 +235,16 @@ class Session:
         for item in pending:
             if item.id not in held:
                 error = refusal or {"code": _LOST, "message": message}
-                item.events.put(({"t": _LOST, "error": error}, []))
+                item.deliver({"t": _LOST, "error": error}, [])
 
     # -- requests --------------------------------------------------------------------------
 
     def _new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    def _start(self, frames_for: Callable[[str], list[Any]]) -> tuple[_Pending, list[Any]]:
+    def _start(
+        self, frames_for: Callable[[str], list[Any]], callback: Delivery | None = None
+    ) -> tuple[_Pending, list[Any]]:
         self.connect()
         assert self._channel is not None
         request_id = self._new_id()
@@ -239,7 +255,7 @@ class Session:
                 f"this request is {size:,} bytes, over the broker's limit of {self.max_bytes:,}; "
                 "pass large data in pieces or through shared storage"
             )
-        pending = _Pending(request_id)
+        pending = _Pending(request_id, callback)
         with self._lock:
             self._pending[request_id] = pending
         self._channel.send(frames, hold=True, key=request_id)
@@ -349,6 +365,8 @@ class Session:
         if self._spawner is not None and self._spawn:
             self._progress("the worker is gone; starting a new one (its state is lost)")
             self._spawner.ensure_worker(self.profile.worker, limit, self._progress)
+        else:
+            limit = min(limit, UNSPAWNED_WORKER_WAIT)
         end = time.monotonic() + limit
         with self._lock:
             while self.worker_info is None:
@@ -378,14 +396,10 @@ class Session:
             return pending_gen
         return _result(header, payload)
 
-    def _call(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-        output: OutputHandler,
-    ) -> tuple[dict[str, Any], list[zmq.Frame], Any]:
+    def _call_frames(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, Callable[..., list[Any]]]:
+        """The function's key and a builder of request frames (with or without the function)."""
         key, fn_bytes = self._shipper.pack(fn)
         packed = ser.dumps((args, kwargs))
         with self._lock:
@@ -403,6 +417,18 @@ class Session:
                 nb=len(packed.buffers) or None,
             )
 
+        return key, frames_for
+
+    def _call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        output: OutputHandler,
+    ) -> tuple[dict[str, Any], list[zmq.Frame], Any]:
+        key, frames_for = self._call_frames(fn, args, kwargs)
+
         def retry(header: dict[str, Any], frames: list[Any]) -> list[Any] | None:
             if (header.get("error") or {}).get("code") != p.E_UNKNOWN_FUNCTION:
                 return None
@@ -417,12 +443,56 @@ class Session:
         return header, payload, None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """Start ``fn(*args, **kwargs)`` on the worker; return a ``concurrent.futures.Future``."""
-        self.connect()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(64, "rexec-submit")
+        """Start ``fn(*args, **kwargs)`` on the worker; return a ``concurrent.futures.Future``.
+
+        Many submitted calls are in flight at once without a thread each: the I/O thread
+        completes the future when the reply arrives. Output goes to the ``sys.stdout`` and
+        ``sys.stderr`` current at submission.
+        """
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
         output = ConsoleOutput()
-        return self._executor.submit(self.call, fn, args, kwargs, output=output)
+        key, frames_for = self._call_frames(fn, args, kwargs)
+        pending_box: list[_Pending] = []
+
+        def slow_path() -> None:
+            try:
+                future.set_result(self.call(fn, args, kwargs, output=output))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        def on_message(header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+            pending = pending_box[0]
+            msg_type = header["t"]
+            if msg_type == p.OUTPUT:
+                output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
+                return
+            if msg_type == p.ITEM:
+                pending.callback = None  # a generator: the iterator pulls its items
+                future.set_result(RemoteGenerator(self, pending.id, None, output))
+                return
+            self._finish(pending)
+            code = (header.get("error") or {}).get("code")
+            if code in (p.E_NO_WORKER, p.E_UNKNOWN_FUNCTION, p.E_UNAUTHENTICATED):
+                # The request did not run: redo it on the blocking path, which recovers.
+                self._slow_executor().submit(slow_path)
+                return
+            try:
+                future.set_result(_result(header, payload))
+                with self._lock:
+                    self._worker_has.add(key)
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        pending, _ = self._start(frames_for, on_message)
+        pending_box.append(pending)
+        return future
+
+    def _slow_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(8, "rexec-recover")
+            return self._executor
 
     def execute(
         self,

@@ -53,7 +53,7 @@ class RequestContext:
         self.tag = tag
         self.request_id = request_id
         self.op = op
-        self.commands: queue.Queue[str] = queue.Queue()
+        self._commands: queue.Queue[str] | None = None
         self.cancelled = False
         self._send = send
         self._send_later = send_later
@@ -64,6 +64,14 @@ class RequestContext:
         self._in_user_code = False
         self._interrupt: Callable[[], None] | None = None
         self.finished = False
+
+    @property
+    def commands(self) -> queue.Queue[str]:
+        """``next``/``cancel`` commands for a generator; created on first use."""
+        with self._lock:
+            if self._commands is None:
+                self._commands = queue.Queue()
+            return self._commands
 
     @property
     def key(self) -> tuple[bytes, str]:

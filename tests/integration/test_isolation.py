@@ -48,7 +48,7 @@ def test_each_user_reaches_only_their_own_worker(broker_stack, session_factory):
     # Naming a worker only bob has does not reach it: names are per user.
     stranger = session_factory(broker_stack.profile(alice, worker="bonly"))
     with pytest.raises(WorkerUnavailable):
-        stranger.call(os.getpid, timeout=10)
+        stranger.call(os.getpid, timeout=30)
 
 
 def test_worker_with_forged_or_foreign_credential_is_refused(broker_stack):

@@ -78,6 +78,9 @@ class _LocalWorker:
     process: subprocess.Popen[bytes] | None = None
     monitor: asyncio.Task[None] | None = None
     registered_once: bool = False
+    exit_code: int | None = None
+    # Set while the backend itself stops the process, which then explains the outcome.
+    stopping: bool = False
     reported_state: str | None = None
     status_signature: tuple[int, int] | None = None
 
@@ -169,6 +172,9 @@ class LocalBackend(WorkerBackend):
             if self._closed:
                 raise SpawnError("the spawner is shutting down; try again once it is back")
             worker = self._workers.get(key)
+            if worker is not None:
+                # The monitor polls; a caller that just saw the worker die must not get it back.
+                self._refresh(worker)
             if worker is not None and worker.state in ACTIVE_STATES:
                 return worker.snapshot()
             if worker is not None:
@@ -180,10 +186,15 @@ class LocalBackend(WorkerBackend):
 
     async def get(self, user: str, name: str) -> WorkerRecord | None:
         worker = self._workers.get((user, name))
-        return worker.snapshot() if worker is not None else None
+        if worker is None:
+            return None
+        self._refresh(worker)
+        return worker.snapshot()
 
     async def list(self, user: str) -> builtins.list[WorkerRecord]:
         mine = [worker for (owner, _), worker in self._workers.items() if owner == user]
+        for worker in mine:
+            self._refresh(worker)
         return [worker.snapshot() for worker in sorted(mine, key=lambda w: w.name)]
 
     async def delete(self, user: str, name: str) -> bool:
@@ -276,16 +287,12 @@ class LocalBackend(WorkerBackend):
 
     async def _monitor(self, worker: _LocalWorker) -> None:
         """Follow the status file and the process until the process ends."""
-        process = worker.process
-        assert process is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout
         try:
             while True:
-                code = process.poll()
-                self._read_status(worker)
-                if code is not None:
-                    self._finished(worker, code)
+                self._refresh(worker)
+                if worker.exit_code is not None:
                     return
                 if not worker.registered_once and loop.time() > deadline:
                     await self._give_up(worker)
@@ -297,6 +304,15 @@ class LocalBackend(WorkerBackend):
             # A bug here must not leave a worker reported as healthy forever.
             log.exception("monitor of worker %r of user %r failed", worker.name, worker.user)
             worker.fail("the spawner lost track of this worker; delete it and create it again")
+
+    def _refresh(self, worker: _LocalWorker) -> None:
+        """Bring the record up to date with the status file and the process."""
+        if worker.process is None or worker.exit_code is not None or worker.stopping:
+            return
+        code = worker.process.poll()
+        self._read_status(worker)
+        if code is not None:
+            self._finished(worker, code)
 
     def _read_status(self, worker: _LocalWorker) -> None:
         try:
@@ -332,6 +348,7 @@ class LocalBackend(WorkerBackend):
 
     def _finished(self, worker: _LocalWorker, code: int) -> None:
         assert worker.process is not None
+        worker.exit_code = code
         _kill_leftovers(worker.process)
         worker.credential_path.unlink(missing_ok=True)
         if worker.state == "failed":
@@ -358,6 +375,7 @@ class LocalBackend(WorkerBackend):
         worker.note(f"no broker connection after {self.ready_timeout:g} s; stopping the worker")
         log.warning("worker %r of user %r: %s", worker.name, worker.user, reason)
         # Stopped before it is reported failed, so "failed" always means "nothing left running".
+        worker.stopping = True
         await self._stop_process(worker)
         worker.credential_path.unlink(missing_ok=True)
         worker.fail(f"{reason}; {self._log_tail(worker)}")
@@ -379,6 +397,7 @@ class LocalBackend(WorkerBackend):
 
     async def _retire(self, worker: _LocalWorker) -> None:
         """Stop watching and stop the process; remove what only a running worker needs."""
+        worker.stopping = True
         if worker.monitor is not None:
             worker.monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
