@@ -195,6 +195,29 @@ def test_killed_worker_fails_and_the_next_ensure_starts_a_fresh_one(
     run(scenario, backend)
 
 
+def test_ensure_right_after_a_death_starts_a_new_worker(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    # A client that saw its worker die asks again at once; the monitor may not have polled yet
+    # (here it effectively never does), yet the dead worker must not be handed back as ready.
+    backend = make_backend(tmp_path, broker.backend_url, broker.key, poll_interval=60.0)
+
+    async def scenario(backend: LocalBackend) -> None:
+        first = await backend.ensure("alice", "default")
+        await wait_state(backend, "alice", "default", {"ready"})
+        pid = pid_of(first)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline, "the killed worker did not exit"
+            await asyncio.sleep(0.01)
+        second = await backend.ensure("alice", "default")
+        assert second.instance != first.instance
+        assert second.state == "starting"
+
+    run(scenario, backend)
+
+
 def test_worker_stopped_by_sigterm_is_stopped(tmp_path: Path, broker: RunningBroker) -> None:
     backend = make_backend(tmp_path, broker.backend_url, broker.key)
 
