@@ -28,12 +28,15 @@ from rexec.localstack import StackOptions, free_port, start_stack
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 @contextmanager
 def raw_stack() -> Iterator[zmq.Socket]:
-    front, back = f"tcp://127.0.0.1:{free_port('127.0.0.1')}", f"tcp://127.0.0.1:{free_port('127.0.0.1')}"
+    front, back = (
+        f"tcp://127.0.0.1:{free_port('127.0.0.1')}",
+        f"tcp://127.0.0.1:{free_port('127.0.0.1')}",
+    )
     procs = [
         subprocess.Popen([sys.executable, "-m", "benchmarks.rawzmq", "broker", front, back]),
     ]
@@ -140,7 +143,9 @@ def main() -> None:
     megabytes = 2 * array.nbytes / 1e6
     rows = []
     raw_lat, our_lat = statistics.median(raw["latency"]), statistics.median(ours["latency"])
-    rows.append(("no-op RTT median (us)", raw_lat * 1e6, our_lat * 1e6, our_lat / raw_lat, "<= 1.3"))
+    rows.append(
+        ("no-op RTT median (us)", raw_lat * 1e6, our_lat * 1e6, our_lat / raw_lat, "<= 1.3")
+    )
     raw_p99, our_p99 = percentile(raw["latency"], 99), percentile(ours["latency"], 99)
     rows.append(("no-op RTT p99 (us)", raw_p99 * 1e6, our_p99 * 1e6, our_p99 / raw_p99, ""))
     raw_tp = args.calls / statistics.median(raw["pipelined"])
@@ -149,7 +154,9 @@ def main() -> None:
     raw_bw = megabytes / statistics.median(raw["bandwidth"])
     our_bw = megabytes / statistics.median(ours["bandwidth"])
     rows.append((f"{args.mb} MB round trip MB/s", raw_bw, our_bw, our_bw / raw_bw, ">= 0.7"))
-    print(f"\nRexec core benchmark ({args.calls} calls, {args.mb} MB array, {os.cpu_count()} cores)")
+    print(
+        f"\nRexec core benchmark ({args.calls} calls, {args.mb} MB array, {os.cpu_count()} cores)"
+    )
     print(f"| {'metric':<28} | {'raw pyzmq':>11} | {'rexec':>11} | {'ratio':>6} | target |")
     print(f"|{'-' * 30}|{'-' * 13}|{'-' * 13}|{'-' * 8}|--------|")
     for name, floor, value, ratio, target in rows:

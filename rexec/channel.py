@@ -1,8 +1,11 @@
 """A connection to the broker, owned by one I/O thread.
 
-ZeroMQ sockets must not be shared between threads, so one thread owns the DEALER socket. Other
-threads hand it messages through ``send`` (a deque plus a self-pipe wake-up), and it hands
-inbound messages to a callback. Both the client session and the worker use this class.
+ZeroMQ sockets must not be used by two threads at once. Here every use of the DEALER socket
+happens under one lock: a thread calling ``send`` sends directly (no hand-off to another thread
+in the request's path), and the I/O thread receives, flushes queued messages and keeps the
+connection alive. While idle, the I/O thread waits on libzmq's notification file descriptor,
+which does not touch the socket, so it never holds the lock while it waits. Inbound messages go
+to a callback on the I/O thread. Both the client session and the worker use this class.
 
 The channel greets the broker (``hello`` or ``register``) every time a connection is established
 and whenever the broker says it does not know this peer (after a broker restart). Messages sent
@@ -46,6 +49,8 @@ READY = "ready"
 DISCONNECTED = "disconnected"
 REFUSED = "refused"
 UNRESPONSIVE = "unresponsive"
+SAFETY_POLL_MS = 100
+FULL_SOCKET_POLL_MS = 5
 HANDSHAKE_FAILED = "handshake_failed"
 
 
@@ -88,7 +93,7 @@ class BrokerChannel:
         self._start_error: BaseException | None = None
         self._ready = False
         self._connected = False
-        self._sleeping = False  # the I/O thread is (about to be) blocked in poll
+        self._sock: zmq.Socket | None = None
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -106,13 +111,16 @@ class BrokerChannel:
         return self._ready
 
     def send(self, frames: Sequence[Any], *, hold: bool = False, key: object = None) -> None:
-        """Queue ``frames`` for the broker; with ``hold`` only once the greeting was accepted."""
+        """Send ``frames`` to the broker; with ``hold`` only once the greeting was accepted.
+
+        The calling thread sends directly when nothing is queued before it, so a request does not
+        wait for the I/O thread to wake up; otherwise the message joins the queue, in order.
+        """
         with self._lock:
             if hold and not self._ready:
                 self._held[key if key is not None else object()] = frames
                 return
-            self._outbox.append(frames)
-            wake = self._sleeping
+            wake = self._send_or_queue(frames)
         if wake:
             self._waker.wake()
 
@@ -120,9 +128,7 @@ class BrokerChannel:
         """Queue a callable that returns the messages to send once it is its turn."""
         with self._lock:
             self._outbox.append(produce)
-            wake = self._sleeping
-        if wake:
-            self._waker.wake()
+        self._waker.wake()
 
     def is_held(self, key: object) -> bool:
         with self._lock:
@@ -137,7 +143,7 @@ class BrokerChannel:
         """Forget the session and greet the broker again (e.g. after a refusal)."""
         with self._lock:
             self._ready = False
-            self._outbox.append(self._connection_message(self._greeting()))
+            self._send_or_queue(self._connection_message(self._greeting()))
         self._waker.wake()
 
     def _connection_message(self, frames: list[bytes]) -> list[bytes]:
@@ -149,21 +155,70 @@ class BrokerChannel:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    # -- socket access, always under self._lock ---------------------------------------------
+
+    def _send_or_queue(self, frames: Sequence[Any]) -> bool:
+        """Send now if nothing is queued, else queue. True if the I/O thread must wake up."""
+        sock = self._sock
+        if self._outbox or sock is None:
+            self._outbox.append(frames)
+            return True
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._outbox.append(frames)
+            return True
+        self._last_sent = time.monotonic()
+        # Sending may consume the notification fd's edge for an arrived message; the I/O
+        # thread only notices through ZMQ_EVENTS, so wake it when something is readable.
+        return _readable(sock)
+
+    def _receive_locked(self, sock: zmq.Socket) -> list[list[zmq.Frame]]:
+        received: list[list[zmq.Frame]] = []
+        while len(received) < 1000 and _readable(sock):
+            try:
+                received.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                break
+        return received
+
+    def _flush_locked(self, sock: zmq.Socket) -> bool:
+        """Send queued messages; False if the socket is full and some remain."""
+        while self._outbox:
+            entry = self._outbox[0]
+            if callable(entry):
+                self._outbox.popleft()
+                self._outbox.extendleft(reversed(entry()))
+                continue
+            try:
+                sock.send_multipart(entry, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return False
+            self._outbox.popleft()
+            self._last_sent = time.monotonic()
+        return True
+
     # -- the I/O thread --------------------------------------------------------------------
 
     def _run(self) -> None:
         context = zmq.Context(io_threads=1)
         try:
-            sock = make_dealer(context, self.url, self._server_public_key)
+            sock = make_dealer(context, self._server_public_key)
+            # Monitor before connecting, or the first handshake can happen unseen.
             monitor = open_monitor(sock)
+            sock.connect(self.url)
         except BaseException as exc:  # reported to start(); nothing to clean up but the context
             self._start_error = exc
             self._started.set()
             context.term()
             return
+        with self._lock:
+            self._sock = sock
         self._started.set()
+        # Poll libzmq's notification fd, not the socket: waiting on the fd never touches the
+        # socket, so other threads may send on it (under the lock) meanwhile.
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(sock.getsockopt(zmq.FD), zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._waker, zmq.POLLIN)
         try:
@@ -172,37 +227,31 @@ class BrokerChannel:
             log.exception("broker channel I/O thread failed")
             self._on_event(DISCONNECTED, None)
         finally:
+            with self._lock:
+                self._sock = None
             monitor.close(linger=0)
             sock.close(linger=0)
             context.term()
             self._waker.close()
 
     def _loop(self, sock: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller) -> None:
-        want_out = False
         while not self._closing.is_set():
-            now = time.monotonic()
-            next_ping = self._last_sent + self._ping_interval
-            timeout_ms = max(0, int((next_ping - now) * 1000)) if self._connected else 500
-            if want_out:
-                poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
             with self._lock:
-                # Senders only write to the wake-up pipe while this thread may be in poll.
-                self._sleeping = not self._outbox
-                if not self._sleeping and not want_out:
-                    timeout_ms = 0
+                received = self._receive_locked(sock)
+                flushed = self._flush_locked(sock)
+            if received:
+                self._last_received = time.monotonic()
+                for frames in received:
+                    self._handle(frames)
+                continue
+            self._keepalive()
+            # Bounded even when idle: a safety net for a notification edge that was missed.
+            timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
             events = dict(poller.poll(timeout_ms))
-            with self._lock:
-                self._sleeping = False
-            if want_out:
-                poller.modify(sock, zmq.POLLIN)
             if monitor in events:
                 self._handle_monitor(read_monitor_events(monitor))
-            if sock in events and events[sock] & zmq.POLLIN:
-                self._receive(sock)
             if self._waker.fileno() in events:
                 self._waker.drain()
-            want_out = not self._flush(sock)
-            self._keepalive(sock)
 
     def _handle_monitor(self, events: list[int]) -> None:
         for event in events:
@@ -218,23 +267,20 @@ class BrokerChannel:
             elif event in HANDSHAKE_FAILURES:
                 self._on_event(HANDSHAKE_FAILED, {"event": event})
 
-    def _receive(self, sock: zmq.Socket) -> None:
-        for _ in range(1000):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._last_received = time.monotonic()
-            start = 1 if self._tagged else 0
-            if len(frames) <= start:
-                continue
-            try:
-                header = p.parse_header(frames[start].buffer, self._allowed)
-            except ProtocolError as exc:
-                log.warning("dropped a malformed message from the broker: %s", exc)
-                continue
-            tag = frames[0].bytes if self._tagged else None
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        start = 1 if self._tagged else 0
+        if len(frames) <= start:
+            return
+        try:
+            header = p.parse_header(frames[start].buffer, self._allowed)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from the broker: %s", exc)
+            return
+        tag = frames[0].bytes if self._tagged else None
+        try:
             self._dispatch(header, frames[start + 1 :], tag)
+        except Exception:
+            log.exception("handling a %r message failed; the connection carries on", header["t"])
 
     def _dispatch(
         self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
@@ -259,28 +305,7 @@ class BrokerChannel:
             return
         self._on_message(header, payload, tag)
 
-    def _flush(self, sock: zmq.Socket) -> bool:
-        """Send queued messages; False if the socket is full and some remain."""
-        while True:
-            with self._lock:
-                if not self._outbox:
-                    return True
-                entry = self._outbox[0]
-            if callable(entry):
-                produced = entry()
-                with self._lock:
-                    self._outbox.popleft()
-                    self._outbox.extendleft(reversed(produced))
-                continue
-            try:
-                sock.send_multipart(entry, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return False
-            with self._lock:
-                self._outbox.popleft()
-            self._last_sent = time.monotonic()
-
-    def _keepalive(self, sock: zmq.Socket) -> None:
+    def _keepalive(self) -> None:
         if not self._connected:
             return
         now = time.monotonic()
@@ -290,9 +315,10 @@ class BrokerChannel:
             self._on_event(UNRESPONSIVE, None)
             self.regreet()
         elif now - self._last_sent >= self._ping_interval:
-            try:
-                stats = self._ping_stats() if self._ping_stats else None
-                sock.send_multipart(self._connection_message(p.make_ping(stats)), flags=zmq.NOBLOCK)
-                self._last_sent = now
-            except zmq.Again:
-                pass
+            stats = self._ping_stats() if self._ping_stats else None
+            with self._lock:
+                self._send_or_queue(self._connection_message(p.make_ping(stats)))
+
+
+def _readable(sock: zmq.Socket) -> bool:
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

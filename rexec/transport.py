@@ -46,8 +46,9 @@ def set_heartbeats(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
 
 
-def make_dealer(context: zmq.Context, url: str, server_public_key: str | None) -> zmq.Socket:
-    """A DEALER connected to ``url``; CurveZMQ encrypted when the broker's key is given."""
+def make_dealer(context: zmq.Context, server_public_key: str | None) -> zmq.Socket:
+    """A DEALER for the broker, not connected yet (attach a monitor first, then connect);
+    CurveZMQ encrypted when the broker's key is given."""
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
@@ -58,7 +59,6 @@ def make_dealer(context: zmq.Context, url: str, server_public_key: str | None) -
         sock.curve_serverkey = _z85(server_public_key, "broker public key")
         sock.curve_publickey = public
         sock.curve_secretkey = secret
-    sock.connect(url)
     return sock
 
 

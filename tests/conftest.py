@@ -146,11 +146,14 @@ class BrokerStack:
         worker = WorkerProcess(proc, status_file, log_file)
         self.workers.append(worker)
         if wait:
-            wait_for(
-                lambda: worker.status().get("state") == "registered" or proc.poll() is not None,
-                30,
-                "the worker to register",
-            )
+            try:
+                wait_for(
+                    lambda: worker.status().get("state") == "registered" or proc.poll() is not None,
+                    30,
+                    "the worker to register",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; worker log:\n{worker.log()}") from None
             assert proc.poll() is None, worker.log()
         return worker
 

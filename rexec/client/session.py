@@ -49,7 +49,7 @@ UNSPAWNED_WORKER_WAIT = 5.0
 _LOST = "_lost"
 
 
-Delivery = Callable[[dict[str, Any], list[zmq.Frame]], None]
+Delivery = Callable[["_Pending", dict[str, Any], list[zmq.Frame]], None]
 
 
 class _Pending:
@@ -63,7 +63,7 @@ class _Pending:
 
     def deliver(self, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
         if self.callback is not None:
-            self.callback(header, payload)
+            self.callback(self, header, payload)
         else:
             self.events.put((header, payload))
 
@@ -453,7 +453,6 @@ class Session:
         future.set_running_or_notify_cancel()
         output = ConsoleOutput()
         key, frames_for = self._call_frames(fn, args, kwargs)
-        pending_box: list[_Pending] = []
 
         def slow_path() -> None:
             try:
@@ -461,8 +460,7 @@ class Session:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        def on_message(header: dict[str, Any], payload: list[zmq.Frame]) -> None:
-            pending = pending_box[0]
+        def on_message(pending: _Pending, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
             msg_type = header["t"]
             if msg_type == p.OUTPUT:
                 output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
@@ -484,8 +482,7 @@ class Session:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        pending, _ = self._start(frames_for, on_message)
-        pending_box.append(pending)
+        self._start(frames_for, on_message)
         return future
 
     def _slow_executor(self) -> ThreadPoolExecutor:

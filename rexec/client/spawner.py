@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -36,9 +35,7 @@ class SpawnerClient:
         self._candidates = candidate_base_urls(base_url)
         self.base_url = self._candidates[0]
         self._resolved = len(self._candidates) == 1
-        self._client = httpx.Client(
-            headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        self._client = httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()

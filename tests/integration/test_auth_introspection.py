@@ -45,7 +45,9 @@ def validators() -> Iterator[list[IntrospectionValidator]]:
         validator.close()
 
 
-def make(made: list[IntrospectionValidator], url: str, method: str = "GET", timeout: float = 5.0):  # type: ignore[no-untyped-def]
+def make(
+    made: list[IntrospectionValidator], url: str, method: str = "GET", timeout: float = 5.0
+) -> IntrospectionValidator:
     validator = IntrospectionValidator(url, method, timeout)
     made.append(validator)
     return validator

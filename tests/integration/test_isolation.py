@@ -142,9 +142,8 @@ def test_broker_never_unpickles_payloads(broker_stack, tmp_path):
 
 
 def test_oversized_message_is_refused_with_a_clear_error(broker_stack):
-    from rexec_broker import Broker, BrokerSettings
-
     from rexec.auth import AuthSettings, make_validator
+    from rexec_broker import Broker, BrokerSettings
 
     token = broker_stack.add_user("alice")
     settings = BrokerSettings(

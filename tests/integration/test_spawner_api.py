@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from rexec_spawner.app import create_app
 
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
+from rexec_spawner.app import create_app
 from tests.support.idp import IdentityProvider
 from tests.support.servers import free_port, serve
 from tests.support.spawner import SpawnerFixture, make_spawner_fixture

@@ -100,7 +100,7 @@ def k8s_cluster() -> Iterator[K8sCluster]:
     if not _binaries_present():
         if not _is_ci():
             pytest.skip(f"Kubernetes binaries not built in {CACHE}/bin: run "
-                        "`sudo scripts/k8s/build.sh` once (~40 min), or set REXEC_K8S_EXTERNAL=1 "
+                        "`sudo scripts/k8s/build.sh` once (~10 min), or set REXEC_K8S_EXTERNAL=1 "
                         "and KUBECONFIG to use an existing cluster")
         _build_binaries()
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rexec_spawner.config import SpawnerSettings
-
 from rexec.auth import AuthSettings, create_static_token
 from rexec.credentials import create_key_file
+from rexec_spawner.config import SpawnerSettings
 
 
 @dataclass

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from rexec.auth import (
     IntrospectionValidator,
     NotInAllowedGroup,
     StaticTokenValidator,
+    TokenValidator,
     create_static_token,
     hash_token,
     make_validator,
@@ -27,7 +29,7 @@ from rexec.errors import AuthError, AuthUnavailable, ConfigError
 DEADLINE = 5.0
 
 
-def wait_for(condition, timeout: float = DEADLINE) -> None:  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met before the deadline"
@@ -39,9 +41,9 @@ def token_file(tmp_path: Path) -> Path:
     return tmp_path / "auth" / "tokens.json"
 
 
-def refused_message(validator: object, token: str) -> str:
+def refused_message(validator: TokenValidator, token: str) -> str:
     with pytest.raises(AuthError) as caught:
-        validator.validate(token)  # type: ignore[attr-defined]
+        validator.validate(token)
     return str(caught.value)
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
-
 from rexec import protocol as p
+from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
 
 
 def client(rid: bytes, user: str, worker: str = "default") -> ClientConn:

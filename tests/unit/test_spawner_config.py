@@ -6,14 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from rexec.auth import AuthSettings
+from rexec.errors import ConfigError, SpawnError
 from rexec_spawner.backends.base import ProgressEvent, WorkerRecord, check_worker_name
 from rexec_spawner.cli import make_parser, settings_from_args
 from rexec_spawner.config import SpawnerSettings
 from rexec_spawner.models import BrokerInfo, WorkerStatus
 from rexec_spawner.names import make_user_dir_name, valid_worker_name
-
-from rexec.auth import AuthSettings
-from rexec.errors import ConfigError, SpawnError
 
 
 def test_settings_from_env_reads_every_variable(tmp_path: Path) -> None:
