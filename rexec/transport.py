@@ -26,6 +26,9 @@ HEARTBEAT_INTERVAL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 RECONNECT_MS = 100
 RECONNECT_MAX_MS = 2000
+# Queue depth per connection before a send would block. Generous: requests are bounded by the
+# broker's in-flight limit, and outputs are coalesced by the worker.
+HIGH_WATER_MARK = 100_000
 MONITOR_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_DISCONNECTED
@@ -38,6 +41,11 @@ HANDSHAKE_FAILURES = (
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
+
+
+def set_queue_limits(sock: zmq.Socket, depth: int = HIGH_WATER_MARK) -> None:
+    sock.setsockopt(zmq.SNDHWM, depth)
+    sock.setsockopt(zmq.RCVHWM, depth)
 
 
 def set_heartbeats(sock: zmq.Socket) -> None:
@@ -53,6 +61,7 @@ def make_dealer(context: zmq.Context, server_public_key: str | None) -> zmq.Sock
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
+    set_queue_limits(sock)
     set_heartbeats(sock)
     if server_public_key:
         public, secret = zmq.curve_keypair()
@@ -63,13 +72,18 @@ def make_dealer(context: zmq.Context, server_public_key: str | None) -> zmq.Sock
 
 
 def make_router(
-    context: zmq.Context, bind_url: str, secret_key: bytes | None, max_frame_bytes: int
+    context: zmq.Context,
+    bind_url: str,
+    secret_key: bytes | None,
+    max_frame_bytes: int,
+    queue_depth: int = HIGH_WATER_MARK,
 ) -> zmq.Socket:
     """A ROUTER bound to ``bind_url``. Unroutable sends raise instead of vanishing."""
     sock = context.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+    set_queue_limits(sock, queue_depth)
     set_heartbeats(sock)
     if secret_key:
         sock.curve_server = True

@@ -87,6 +87,7 @@ class BrokerStack:
         frontend: str = "tcp://127.0.0.1:0",
         backend: str = "tcp://127.0.0.1:0",
         auth: AuthSettings | None = None,
+        queue_depth: int | None = None,
     ) -> None:
         from rexec_broker import Broker, BrokerSettings
 
@@ -96,6 +97,7 @@ class BrokerStack:
             frontend=frontend,
             backend=backend,
             curve_secret_key_path=self.curve_secret,
+            **({"queue_depth": queue_depth} if queue_depth else {}),
         )
         broker = Broker(settings, make_validator(settings.auth), self.signing_key)
         self.frontend, self.backend = broker.frontend_url, broker.backend_url

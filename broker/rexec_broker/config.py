@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
-from rexec.transport import is_loopback_url
+from rexec.transport import HIGH_WATER_MARK, is_loopback_url
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5559"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5560"
@@ -31,6 +31,7 @@ class BrokerSettings:
     allow_plaintext: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     validation_threads: int = 8
+    queue_depth: int = HIGH_WATER_MARK
 
     def check(self) -> None:
         if self.max_message_bytes < 64 * 1024:

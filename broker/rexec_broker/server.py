@@ -43,6 +43,8 @@ MAX_TOKEN_CHARS = 8192
 MAX_INFO_KEYS = 32
 SWEEP_INTERVAL = 5.0
 PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
+MAX_BACKLOG_MESSAGES = 100_000
+BACKLOG_RETRY_MS = 5
 
 
 @dataclass
@@ -73,11 +75,15 @@ class Broker:
         self.table = RoutingTable()
         self.stats: collections.Counter[str] = collections.Counter()
         self._context = zmq.Context(io_threads=2)
-        self.frontend = make_router(
-            self._context, settings.frontend, self._curve_secret, settings.max_message_bytes
-        )
-        self.backend = make_router(
-            self._context, settings.backend, self._curve_secret, settings.max_message_bytes
+        self.frontend, self.backend = (
+            make_router(
+                self._context,
+                url,
+                self._curve_secret,
+                settings.max_message_bytes,
+                settings.queue_depth,
+            )
+            for url in (settings.frontend, settings.backend)
         )
         self._monitors = {
             open_monitor(self.frontend): "clients",
@@ -91,6 +97,7 @@ class Broker:
         self._stop = threading.Event()
         self._probe_at: list[tuple[float, str]] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self._backlog: dict[tuple[bool, bytes], collections.deque[list[Any]]] = {}
 
     @property
     def frontend_url(self) -> str:
@@ -125,6 +132,8 @@ class Broker:
                     self._waker.drain()
                 self._finish_validations()
                 self._run_timers()
+                if self._backlog:
+                    self._flush_backlogs()
         finally:
             self._close()
 
@@ -139,7 +148,8 @@ class Broker:
 
     def _poll_timeout_ms(self) -> int:
         deadline = min([self._next_sweep, *(at for at, _ in self._probe_at)])
-        return max(0, int((deadline - time.monotonic()) * 1000))
+        timeout = max(0, int((deadline - time.monotonic()) * 1000))
+        return min(timeout, BACKLOG_RETRY_MS) if self._backlog else timeout
 
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(500):
@@ -160,19 +170,55 @@ class Broker:
     # -- sending ---------------------------------------------------------------------------
 
     def _send(self, sock: zmq.Socket, rid: bytes, frames: list[Any]) -> bool:
-        """Send to one connection; False when it no longer exists or cannot take more."""
+        """Send to one connection, in order; False only when the connection is gone.
+
+        A peer that reads slower than it is sent to fills its pipe; the broker then keeps its
+        messages in a backlog and retries from the loop, rather than dropping one (a dropped
+        reply would leave a caller waiting) or blocking every other user.
+        """
+        key = (sock is self.frontend, rid)
+        backlog = self._backlog.get(key)
+        if backlog is not None:
+            if len(backlog) >= MAX_BACKLOG_MESSAGES:
+                self._drop_peer(key, "it stopped reading its messages")
+                return False
+            backlog.append(frames)
+            return True
         try:
             sock.send_multipart([rid, *frames], flags=zmq.NOBLOCK, copy=False)
-            return True
+        except zmq.Again:
+            self.stats["backlogged"] += 1
+            self._backlog[key] = collections.deque([frames])
         except zmq.ZMQError as exc:
-            if exc.errno == errno.EHOSTUNREACH:
-                if sock is self.frontend:
-                    self._drop_client(rid)
-                else:
-                    self._drop_worker(rid, "the worker's connection closed")
-            else:
-                self.stats["send_failed"] += 1
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._drop_peer(key, "its connection closed")
             return False
+        return True
+
+    def _flush_backlogs(self) -> None:
+        for key, backlog in list(self._backlog.items()):
+            sock = self.frontend if key[0] else self.backend
+            while backlog:
+                try:
+                    sock.send_multipart([key[1], *backlog[0]], flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    self._drop_peer(key, "its connection closed")
+                    break
+                backlog.popleft()
+            if not backlog:
+                self._backlog.pop(key, None)
+
+    def _drop_peer(self, key: tuple[bool, bytes], reason: str) -> None:
+        self._backlog.pop(key, None)
+        if key[0]:
+            self._drop_client(key[1])
+        else:
+            self._drop_worker(key[1], f"the worker's connection failed: {reason}")
 
     def _to_client(self, rid: bytes, frames: list[Any]) -> bool:
         return self._send(self.frontend, rid, frames)
@@ -349,6 +395,7 @@ class Broker:
 
     def _drop_client(self, rid: bytes) -> None:
         self._pending_hello.pop(rid, None)
+        self._backlog.pop((True, rid), None)
         self._cancel_on_workers(rid, self.table.remove_client(rid))
 
     def _cancel_on_workers(self, client_rid: bytes, running: list[tuple[bytes, str]]) -> None:
@@ -423,6 +470,7 @@ class Broker:
         self._notify_clients((claims.user, claims.worker), "online", info)
 
     def _drop_worker(self, rid: bytes, reason: str) -> None:
+        self._backlog.pop((False, rid), None)
         conn, lost = self.table.remove_worker(rid)
         if conn is None:
             return

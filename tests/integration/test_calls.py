@@ -203,3 +203,15 @@ def test_remote_func_decorator_with_explicit_session(session):
     assert double.local(2) == 4
     assert fact(10) == 3628800
     assert double.submit(5).result(timeout=30) == 10
+
+
+def test_pipelined_calls_all_complete_even_when_queues_fill(broker_stack, session_factory):
+    # A broker with tiny per-connection queues must hold back, not drop, what peers can't take.
+    broker_stack.stop_broker()
+    broker_stack.start_broker(queue_depth=8)
+    token = broker_stack.add_user("alice")
+    broker_stack.start_worker("alice")
+    session = session_factory(broker_stack.profile(token))
+    futures = [session.submit(lambda i: i * i, i) for i in range(600)]
+    assert [f.result(timeout=60) for f in futures] == [i * i for i in range(600)]
+    assert broker_stack.broker.stats["backlogged"] > 0  # the queues really did fill
