@@ -28,10 +28,12 @@ from rexec import protocol as p
 from rexec.errors import ProtocolError
 from rexec.transport import (
     HANDSHAKE_FAILURES,
+    NOBLOCK,
     Waker,
     make_dealer,
     open_monitor,
     read_monitor_events,
+    readable,
 )
 
 log = logging.getLogger(__name__)
@@ -164,20 +166,20 @@ class BrokerChannel:
             self._outbox.append(frames)
             return True
         try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            sock.send_multipart(frames, flags=NOBLOCK, copy=False)
         except zmq.Again:
             self._outbox.append(frames)
             return True
         self._last_sent = time.monotonic()
         # Sending may consume the notification fd's edge for an arrived message; the I/O
         # thread only notices through ZMQ_EVENTS, so wake it when something is readable.
-        return _readable(sock)
+        return readable(sock)
 
     def _receive_locked(self, sock: zmq.Socket) -> list[list[zmq.Frame]]:
         received: list[list[zmq.Frame]] = []
-        while len(received) < 1000 and _readable(sock):
+        while len(received) < 1000 and readable(sock):
             try:
-                received.append(sock.recv_multipart(zmq.NOBLOCK, copy=False))
+                received.append(sock.recv_multipart(NOBLOCK, copy=False))
             except zmq.Again:
                 break
         return received
@@ -191,7 +193,7 @@ class BrokerChannel:
                 self._outbox.extendleft(reversed(entry()))
                 continue
             try:
-                sock.send_multipart(entry, flags=zmq.NOBLOCK, copy=False)
+                sock.send_multipart(entry, flags=NOBLOCK, copy=False)
             except zmq.Again:
                 return False
             self._outbox.popleft()
@@ -318,7 +320,3 @@ class BrokerChannel:
             stats = self._ping_stats() if self._ping_stats else None
             with self._lock:
                 self._send_or_queue(self._connection_message(p.make_ping(stats)))
-
-
-def _readable(sock: zmq.Socket) -> bool:
-    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)

@@ -43,6 +43,18 @@ HANDSHAKE_FAILURES = (
 )
 
 
+# Plain ints for hot paths: pyzmq wraps its constants and getsockopt results in enums, whose
+# arithmetic costs microseconds per message.
+NOBLOCK = int(zmq.NOBLOCK)
+POLLIN = int(zmq.POLLIN)
+EVENTS = int(zmq.EVENTS)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message can be received now (also processes the socket's pending commands)."""
+    return bool(int(sock.get(EVENTS)) & POLLIN)
+
+
 def set_queue_limits(sock: zmq.Socket, depth: int = HIGH_WATER_MARK) -> None:
     sock.setsockopt(zmq.SNDHWM, depth)
     sock.setsockopt(zmq.RCVHWM, depth)

@@ -28,6 +28,7 @@ from rexec.auth import CachingValidator, Identity
 from rexec.credentials import verify_worker_credential
 from rexec.errors import AuthError, AuthUnavailable, ProtocolError
 from rexec.transport import (
+    NOBLOCK,
     Waker,
     load_curve_secret,
     make_router,
@@ -154,7 +155,7 @@ class Broker:
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(500):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(NOBLOCK, copy=False)
             except zmq.Again:
                 return
             rid = frames[0].bytes
@@ -185,7 +186,7 @@ class Broker:
             backlog.append(frames)
             return True
         try:
-            sock.send_multipart([rid, *frames], flags=zmq.NOBLOCK, copy=False)
+            sock.send_multipart([rid, *frames], flags=NOBLOCK, copy=False)
         except zmq.Again:
             self.stats["backlogged"] += 1
             self._backlog[key] = collections.deque([frames])
@@ -201,7 +202,7 @@ class Broker:
             sock = self.frontend if key[0] else self.backend
             while backlog:
                 try:
-                    sock.send_multipart([key[1], *backlog[0]], flags=zmq.NOBLOCK, copy=False)
+                    sock.send_multipart([key[1], *backlog[0]], flags=NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:

@@ -59,7 +59,7 @@ class _Pending:
     def __init__(self, request_id: str, callback: Delivery | None = None) -> None:
         self.id = request_id
         self.callback = callback
-        self.events: queue.Queue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.Queue()
+        self.events: queue.SimpleQueue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.SimpleQueue()
 
     def deliver(self, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
         if self.callback is not None:

@@ -53,7 +53,7 @@ class RequestContext:
         self.tag = tag
         self.request_id = request_id
         self.op = op
-        self._commands: queue.Queue[str] | None = None
+        self._commands: queue.SimpleQueue[str] | None = None
         self.cancelled = False
         self._send = send
         self._send_later = send_later
@@ -66,11 +66,11 @@ class RequestContext:
         self.finished = False
 
     @property
-    def commands(self) -> queue.Queue[str]:
+    def commands(self) -> queue.SimpleQueue[str]:
         """``next``/``cancel`` commands for a generator; created on first use."""
         with self._lock:
             if self._commands is None:
-                self._commands = queue.Queue()
+                self._commands = queue.SimpleQueue()
             return self._commands
 
     @property

@@ -21,7 +21,6 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -35,6 +34,7 @@ from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
 from rexec.worker import shell as shell_ops
 from rexec.worker.calls import FunctionCache, exception_reply, run_call
 from rexec.worker.context import RequestContext, RoutedStream
+from rexec.worker.pool import CallPool
 
 log = logging.getLogger("rexec.worker")
 
@@ -76,8 +76,10 @@ class Worker:
         self._functions = FunctionCache()
         self._requests: dict[tuple[bytes, str], RequestContext] = {}
         self._requests_lock = threading.Lock()
-        self._cells: queue.Queue[tuple[RequestContext, dict[str, Any], str] | None] = queue.Queue()
-        self._pool = ThreadPoolExecutor(MAX_CALL_THREADS, "rexec-call")
+        self._cells: queue.SimpleQueue[tuple[RequestContext, dict[str, Any], str] | None] = (
+            queue.SimpleQueue()
+        )
+        self._pool = CallPool(MAX_CALL_THREADS, "rexec-call")
         self._stop = threading.Event()
         self._running_cell: RequestContext | None = None
         self._interrupt_pending = False
@@ -121,7 +123,7 @@ class Worker:
         finally:
             self._write_status("stopping")
             self.channel.close()
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         return self.exit_code
 
