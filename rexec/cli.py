@@ -54,16 +54,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         finally:
             stack.stop()
     stopped = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    # Explicit handlers: a SIGINT disposition inherited as "ignored" (background jobs) must not
+    # leave the stack unstoppable.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
     print("Press Ctrl-C to stop.", flush=True)
-    try:
-        while not stopped.wait(1.0):
-            for name, proc in stack.processes.items():
-                if proc.poll() is not None:
-                    print(f"rexec: the {name} exited (code {proc.returncode}); stopping")
-                    stopped.set()
-    except KeyboardInterrupt:
-        pass
+    while not stopped.wait(1.0):
+        for name, proc in stack.processes.items():
+            if proc.poll() is not None:
+                print(f"rexec: the {name} exited (code {proc.returncode}); stopping")
+                stopped.set()
     print("Stopping the local stack...", flush=True)
     stack.stop()
     return 0
