@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -14,6 +13,7 @@ from rexec.auth import make_validator
 from rexec.auth_options import add_auth_arguments, auth_settings_from_args
 from rexec.credentials import load_key
 from rexec.errors import ConfigError
+from rexec.logs import configure_logging
 from rexec_broker.config import (
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
@@ -71,9 +71,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     parser = make_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         if args.signing_key is None:
             raise ConfigError("--signing-key is required (the spawner's worker signing key)")

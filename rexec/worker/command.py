@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import tempfile
 from pathlib import Path
 
 from rexec.errors import ConfigError
+from rexec.logs import configure_logging
 
 CREDENTIAL_FILE_ENV = "REXEC_WORKER_CREDENTIAL_FILE"
 CREDENTIAL_ENV = "REXEC_WORKER_CREDENTIAL"
@@ -49,9 +49,7 @@ def read_credential() -> str:
 def run(args: argparse.Namespace) -> int:
     from rexec.worker.runtime import Worker, WorkerSettings
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="rexec-ipython-"))
     settings = WorkerSettings(
         broker_url=args.broker,

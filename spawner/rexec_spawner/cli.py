@@ -7,7 +7,6 @@ Options override the environment variables documented in :mod:`rexec_spawner.con
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from rexec.auth_options import add_auth_arguments, auth_settings_from_args
 from rexec.errors import ConfigError
+from rexec.logs import configure_logging
 from rexec_spawner.config import BACKENDS, SpawnerSettings
 
 
@@ -94,9 +94,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run the spawner until interrupted; returns the process exit code."""
     parser = make_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     # Imported late so `--help` stays fast and works without the server dependencies.
     try:
         import uvicorn
