@@ -157,5 +157,5 @@ if [[ "${REXEC_K8S_KEEP_BUILD:-0}" != 1 ]]; then
     # The tree, Go's build cache and the downloaded source are a few GB; only the binaries are needed from here on.
     log "removing the build tree (set REXEC_K8S_KEEP_BUILD=1 to keep it)"
     chmod -R u+w "$tree" 2>/dev/null || true
-    rm -rf "$SRC" "$CACHE/home"
+    rm -rf "${SRC:?}" "${CACHE:?}/home"
 fi

@@ -52,8 +52,10 @@ def _binaries_present() -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "k8s: needs a real Kubernetes API (local control plane from scripts/k8s, "
-                   "or REXEC_K8S_EXTERNAL=1 with KUBECONFIG)")
+        "markers",
+        "k8s: needs a real Kubernetes API (local control plane from scripts/k8s, "
+        "or REXEC_K8S_EXTERNAL=1 with KUBECONFIG)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -72,8 +74,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _build_binaries() -> None:
     log = Path(tempfile.gettempdir()) / "rexec-k8s-build.log"
     with open(log, "wb") as out:
-        proc = subprocess.run(["bash", str(SCRIPTS / "build.sh")], stdout=out,
-                              stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT, check=False)
+        proc = subprocess.run(
+            ["bash", str(SCRIPTS / "build.sh")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=BUILD_TIMEOUT,
+            check=False,
+        )
     if proc.returncode != 0 or not _binaries_present():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
         pytest.fail(f"scripts/k8s/build.sh failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -81,14 +88,21 @@ def _build_binaries() -> None:
 
 def _control_plane(cmd: str, state: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "REXEC_K8S_STATE": str(state), "REXEC_K8S_CACHE": str(CACHE)}
-    return subprocess.run([str(SCRIPTS / "control-plane"), cmd], env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [str(SCRIPTS / "control-plane"), cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
 def k8s_cluster() -> Iterator[K8sCluster]:
     kubernetes = pytest.importorskip(
-        "kubernetes", reason="the k8s tier needs the official client: pip install kubernetes")
+        "kubernetes", reason="the k8s tier needs the official client: pip install kubernetes"
+    )
 
     if _external():
         kubeconfig = Path(os.environ["KUBECONFIG"])
@@ -99,9 +113,11 @@ def k8s_cluster() -> Iterator[K8sCluster]:
 
     if not _binaries_present():
         if not _is_ci():
-            pytest.skip(f"Kubernetes binaries not built in {CACHE}/bin: run "
-                        "`sudo scripts/k8s/build.sh` once (~10 min), or set REXEC_K8S_EXTERNAL=1 "
-                        "and KUBECONFIG to use an existing cluster")
+            pytest.skip(
+                f"Kubernetes binaries not built in {CACHE}/bin: run "
+                "`sudo scripts/k8s/build.sh` once (~10 min), or set REXEC_K8S_EXTERNAL=1 "
+                "and KUBECONFIG to use an existing cluster"
+            )
         _build_binaries()
 
     state = Path(tempfile.mkdtemp(prefix="rexec-k8s-"))
@@ -130,15 +146,23 @@ def k8s_cluster() -> Iterator[K8sCluster]:
 def node_agent(k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The test node agent, registered as node `rexec-test-node`, for the whole session."""
     if k8s_cluster.external and os.environ.get("REXEC_K8S_NODE_AGENT") != "1":
-        pytest.skip("external cluster: its kubelets run pods (set REXEC_K8S_NODE_AGENT=1 to "
-                    "add the test node agent anyway)")
+        pytest.skip(
+            "external cluster: its kubelets run pods (set REXEC_K8S_NODE_AGENT=1 to "
+            "add the test node agent anyway)"
+        )
     from tests.k8s.node_agent import NodeAgent
 
-    agent = NodeAgent(k8s_cluster.api_client, NODE_NAME,
-                      workdir=tmp_path_factory.mktemp("node-agent"),
-                      # So pods can `python -m rexec ...` from this checkout.
-                      extra_env={"PYTHONPATH": os.pathsep.join(
-                          p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)})
+    agent = NodeAgent(
+        k8s_cluster.api_client,
+        NODE_NAME,
+        workdir=tmp_path_factory.mktemp("node-agent"),
+        # So pods can `python -m rexec ...` from this checkout.
+        extra_env={
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+            )
+        },
+    )
     agent.start()
     yield agent
     agent.stop()

@@ -11,8 +11,7 @@ from typing import Any
 NODE_NAME = "rexec-test-node"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.2) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll until `predicate()` returns something truthy (returned); AssertionError after
     `timeout` seconds. Exceptions from the predicate count as 'not yet' (last one reported)."""
     deadline = time.monotonic() + timeout

@@ -54,7 +54,8 @@ What a pod gets (exactly this, nothing more):
   ``restartPolicy`` Never -> phase Succeeded (exit 0) / Failed; OnFailure restarts on non-zero
   exits; Always restarts always; restarts back off 1, 2, 4, 8, 10, 10... seconds and bump
   ``restartCount`` (``lastState`` keeps the previous termination).
-* Events (best effort, source ``rexec-test-node-agent``): Started, Failed, BackOff, Killing.
+* Events (best effort, source ``rexec-test-node-agent``): Started, Failed, BackOff, Killing,
+  FailedMount.
 * Deletion: once a pod has a ``deletionTimestamp`` the process group gets SIGTERM, then SIGKILL
   after the pod's grace period (capped at ``max_grace_seconds``), and the pod object is removed
   with grace period 0 (UID precondition) as the kubelet does.
@@ -86,9 +87,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("rexec.test.node_agent")
@@ -220,8 +221,11 @@ class NodeAgent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._register_node()
         self._renew_lease()
-        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._watch_loop, "watch"),
-                             (self._process_loop, "processes")):
+        for target, name in (
+            (self._heartbeat_loop, "heartbeat"),
+            (self._watch_loop, "watch"),
+            (self._process_loop, "processes"),
+        ):
             t = threading.Thread(target=target, name=f"node-agent-{name}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -242,8 +246,12 @@ class NodeAgent:
         self._threads.clear()
         with self._lock:
             records = list(self._pods.values())
-        for rec in records:
-            self._kill(rec, grace=2.0)
+        # All at once: SIGTERM, 2 s grace, SIGKILL; each _kill is itself bounded.
+        killers = [threading.Thread(target=self._kill, args=(rec, 2.0)) for rec in records]
+        for k in killers:
+            k.start()
+        for k in killers:
+            k.join(15)
         with self._lock:
             self._pods.clear()
         try:
@@ -286,19 +294,32 @@ class NodeAgent:
     def _node_conditions(self, ready: bool) -> list[Json]:
         now = _now()
         conds = [
-            {"type": t, "status": "False", "reason": f"KubeletHas{r}", "message": m,
-             "lastHeartbeatTime": now, "lastTransitionTime": now}
-            for t, r, m in (("MemoryPressure", "SufficientMemory", "test node"),
-                            ("DiskPressure", "NoDiskPressure", "test node"),
-                            ("PIDPressure", "SufficientPID", "test node"))
+            {
+                "type": t,
+                "status": "False",
+                "reason": f"KubeletHas{r}",
+                "message": m,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+            for t, r, m in (
+                ("MemoryPressure", "SufficientMemory", "test node"),
+                ("DiskPressure", "NoDiskPressure", "test node"),
+                ("PIDPressure", "SufficientPID", "test node"),
+            )
         ]
-        conds.append({
-            "type": "Ready", "status": "True" if ready else "False",
-            "reason": "KubeletReady" if ready else "NodeAgentStopped",
-            "message": "rexec test node agent is posting ready status" if ready
-            else "rexec test node agent stopped",
-            "lastHeartbeatTime": now, "lastTransitionTime": now,
-        })
+        conds.append(
+            {
+                "type": "Ready",
+                "status": "True" if ready else "False",
+                "reason": "KubeletReady" if ready else "NodeAgentStopped",
+                "message": "rexec test node agent is posting ready status"
+                if ready
+                else "rexec test node agent stopped",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }
+        )
         return conds
 
     def _node_status(self, ready: bool = True) -> Json:
@@ -306,25 +327,38 @@ class NodeAgent:
             "capacity": self.capacity,
             "allocatable": self.capacity,
             "conditions": self._node_conditions(ready),
-            "addresses": [{"type": "InternalIP", "address": POD_IP},
-                          {"type": "Hostname", "address": self.node_name}],
+            "addresses": [
+                {"type": "InternalIP", "address": POD_IP},
+                {"type": "Hostname", "address": self.node_name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
             "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
                 "kernelVersion": os.uname().release,
                 "osImage": "rexec test node agent (processes, not containers)",
-                "containerRuntimeVersion": "rexec-test://0", "kubeletVersion": "v1.20.2",
-                "kubeProxyVersion": "v1.20.2", "operatingSystem": "linux",
+                "containerRuntimeVersion": "rexec-test://0",
+                "kubeletVersion": "v1.20.2",
+                "kubeProxyVersion": "v1.20.2",
+                "operatingSystem": "linux",
                 "architecture": "amd64" if os.uname().machine == "x86_64" else os.uname().machine,
             },
         }
 
     def _register_node(self) -> None:
-        body = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.node_name, "labels": {
-                "kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64", "rexec.test/node-agent": "true"}},
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node_name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "rexec.test/node-agent": "true",
+                },
+            },
             "status": self._node_status(),
         }
         try:
@@ -338,29 +372,55 @@ class NodeAgent:
 
     def _patch_node_status(self, ready: bool) -> None:
         status = self._node_status(ready)
-        self.core.patch_node_status(self.node_name, {"status": status},
-                                    _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT)
+        self.core.patch_node_status(
+            self.node_name,
+            {"status": status},
+            _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
 
     def _renew_lease(self) -> None:
-        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_SECONDS,
-                "renewTime": _now_micro()}
+        spec = {
+            "holderIdentity": self.node_name,
+            "leaseDurationSeconds": LEASE_SECONDS,
+            "renewTime": _now_micro(),
+        }
         try:
             self.coordination.patch_namespaced_lease(
-                self.node_name, "kube-node-lease", {"spec": spec},
-                _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT)
+                self.node_name,
+                "kube-node-lease",
+                {"spec": spec},
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            node = _json(self.core.read_node(self.node_name, _preload_content=False,
-                                             _request_timeout=REQUEST_TIMEOUT))
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": self.node_name, "namespace": "kube-node-lease",
-                                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
-                                                      "name": self.node_name,
-                                                      "uid": node["metadata"]["uid"]}]},
-                    "spec": spec}
-            self.coordination.create_namespaced_lease("kube-node-lease", body,
-                                                      _request_timeout=REQUEST_TIMEOUT)
+            node = _json(
+                self.core.read_node(
+                    self.node_name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                )
+            )
+            body: Any = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {
+                    "name": self.node_name,
+                    "namespace": "kube-node-lease",
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Node",
+                            "name": self.node_name,
+                            "uid": node["metadata"]["uid"],
+                        }
+                    ],
+                },
+                "spec": spec,
+            }
+            self.coordination.create_namespaced_lease(
+                "kube-node-lease", body, _request_timeout=REQUEST_TIMEOUT
+            )
 
     def _wait_schedulable(self) -> None:
         # TaintNodesByCondition puts node.kubernetes.io/not-ready on a new Node; the controller
@@ -369,8 +429,11 @@ class NodeAgent:
         last: Any = None
         while time.monotonic() < deadline:
             try:
-                node = _json(self.core.read_node(self.node_name, _preload_content=False,
-                                                 _request_timeout=REQUEST_TIMEOUT))
+                node = _json(
+                    self.core.read_node(
+                        self.node_name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+                    )
+                )
                 last = node.get("spec", {}).get("taints")
                 if not any(t.get("effect") in ("NoSchedule", "NoExecute") for t in last or []):
                     return
@@ -378,8 +441,10 @@ class NodeAgent:
                 last = exc
             time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"node {self.node_name} not schedulable within {self.ready_timeout}s "
-                           f"(taints/last error: {last})")
+        raise TimeoutError(
+            f"node {self.node_name} not schedulable within {self.ready_timeout}s "
+            f"(taints/last error: {last})"
+        )
 
     def _heartbeat_loop(self) -> None:
         next_status = time.monotonic() + NODE_STATUS_EVERY
@@ -401,33 +466,61 @@ class NodeAgent:
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    listing = _json(self.core.list_pod_for_all_namespaces(
-                        field_selector=selector, _preload_content=False,
-                        _request_timeout=REQUEST_TIMEOUT))
+                    listing = _json(
+                        self.core.list_pod_for_all_namespaces(
+                            field_selector=selector,
+                            _preload_content=False,
+                            _request_timeout=REQUEST_TIMEOUT,
+                        )
+                    )
                     rv = listing["metadata"]["resourceVersion"]
                     self._resync(listing.get("items") or [])
-                w = watch.Watch()
-                for event in w.stream(self.core.list_pod_for_all_namespaces,
-                                      field_selector=selector, resource_version=rv,
-                                      timeout_seconds=WATCH_SECONDS, deserialize=False,
-                                      allow_watch_bookmarks=True,
-                                      _request_timeout=(5, WATCH_SECONDS + 15)):
-                    obj = event["object"]
-                    rv = obj.get("metadata", {}).get("resourceVersion") or rv
-                    if event["type"] != "BOOKMARK":
-                        self._on_pod_event(event["type"], obj)
-                    if self._stop.is_set():
-                        w.stop()
-                        break
+                rv = self._watch_once(selector, rv)
                 backoff = 0.5
             except Exception as exc:
                 if self._stop.is_set():
                     break
-                # 410 Gone (resourceVersion compacted) or a broken connection: relist.
+                # 410 Gone (resourceVersion compacted, apiserver restarted) or a broken
+                # connection: list again, which also catches up on anything missed.
                 log.info("pod watch interrupted (%s); relisting in %.1fs", exc, backoff)
                 rv = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _watch_once(self, selector: str, rv: str) -> str:
+        """One watch request from `rv`, ended by the server after WATCH_SECONDS; returns the
+        resourceVersion to resume from. Our own loop rather than kubernetes.watch.Watch, to see
+        ERROR events as they are and to work on plain dicts."""
+        resp: Any = self.core.list_pod_for_all_namespaces(
+            field_selector=selector,
+            watch=True,
+            resource_version=rv,
+            timeout_seconds=WATCH_SECONDS,
+            allow_watch_bookmarks=True,
+            _preload_content=False,
+            _request_timeout=(5, WATCH_SECONDS + 15),
+        )
+        try:
+            buffer = b""
+            for chunk in resp.stream(amt=None, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
+                    rv = obj.get("metadata", {}).get("resourceVersion") or rv
+                    if event.get("type") != "BOOKMARK":
+                        self._on_pod_event(event["type"], obj)
+                if self._stop.is_set():
+                    break
+        finally:
+            resp.close()  # never hand a half-read watch connection back to the pool
+            resp.release_conn()
+        return rv
 
     def _resync(self, pods: list[Json]) -> None:
         seen = set()
@@ -451,21 +544,31 @@ class NodeAgent:
                     threading.Thread(target=self._kill, args=(rec, 0.0), daemon=True).start()
                 return
             if rec is None:
-                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") \
-                        and not meta.get("deletionTimestamp"):
+                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed") and not meta.get(
+                    "deletionTimestamp"
+                ):
                     return  # finished before (an earlier agent); nothing to run
                 pod_dir = self.workdir / f"{meta['namespace']}_{meta['name']}_{uid}"
-                rec = PodRecord(uid=uid, namespace=meta["namespace"], name=meta["name"], pod=pod,
-                                directory=pod_dir)
+                rec = PodRecord(
+                    uid=uid,
+                    namespace=meta["namespace"],
+                    name=meta["name"],
+                    pod=pod,
+                    directory=pod_dir,
+                )
                 self._pods[uid] = rec
                 statuses = pod.get("status", {}).get("containerStatuses") or []
+                if statuses:  # an earlier agent ran it: keep counting restarts from there
+                    rec.restart_count = int(statuses[0].get("restartCount") or 0)
                 if statuses and "running" in (statuses[0].get("state") or {}):
                     # Bound and running under an earlier agent: that process is gone.
                     running = statuses[0]["state"]["running"]
-                    rec.last_termination = {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                                            "startedAt": running.get("startedAt"),
-                                            "finishedAt": _now()}
-                    rec.restart_count = int(statuses[0].get("restartCount") or 0)
+                    rec.last_termination = {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "startedAt": running.get("startedAt"),
+                        "finishedAt": _now(),
+                    }
                     rec.next_start = None
                     self._after_exit(rec, 137, "ContainerStatusUnknown")
             else:
@@ -473,10 +576,17 @@ class NodeAgent:
             if meta.get("deletionTimestamp") and not rec.terminating:
                 rec.terminating = True
                 grace = meta.get("deletionGracePeriodSeconds")
-                grace = self.max_grace_seconds if grace is None else min(float(grace),
-                                                                         self.max_grace_seconds)
-                threading.Thread(target=self._terminate, args=(rec, grace), daemon=True,
-                                 name=f"terminate-{rec.key}").start()
+                grace = (
+                    self.max_grace_seconds
+                    if grace is None
+                    else min(float(grace), self.max_grace_seconds)
+                )
+                threading.Thread(
+                    target=self._terminate,
+                    args=(rec, grace),
+                    daemon=True,
+                    name=f"terminate-{rec.key}",
+                ).start()
 
     # ------------------------------------------------------------------ process loop
 
@@ -509,42 +619,63 @@ class NodeAgent:
             if rec.config_error != str(exc):
                 self._event(rec, "Warning", "Failed", f"Error: {exc}")
             rec.config_error = str(exc)
-            self._patch_status(rec, waiting={"reason": "CreateContainerConfigError",
-                                             "message": str(exc)})
+            self._patch_status(
+                rec, waiting={"reason": "CreateContainerConfigError", "message": str(exc)}
+            )
             rec.next_start = time.monotonic() + RETRY_CONFIG_ERROR_EVERY
             return
         rec.config_error = None
         rec.mounts = mounts
-        argv = [self._substitute(expand(a, declared), mounts)
-                for a in list(c.get("command") or []) + list(c.get("args") or [])]
+        argv = [
+            self._substitute(expand(a, declared), mounts)
+            for a in list(c.get("command") or []) + list(c.get("args") or [])
+        ]
         cwd = str(rec.directory)
         if c.get("workingDir"):
             wanted = self._substitute(c["workingDir"], mounts)
             if os.path.isdir(wanted):
                 cwd = wanted
             else:  # never create directories on the host outside the pod dir
-                self._event(rec, "Warning", "Failed", f"workingDir {wanted} does not exist on "
-                            "the test node; using the pod directory")
+                self._event(
+                    rec,
+                    "Warning",
+                    "Failed",
+                    f"workingDir {wanted} does not exist on the test node; using the pod directory",
+                )
         log_path = rec.directory / f"{c['name']}.log"
         started = _now()
         try:
             if not c.get("command"):
-                raise OSError("the container has no command (the test node agent has no images, "
-                              "hence no entrypoint)")
+                raise OSError(
+                    "the container has no command (the test node agent has no images, "
+                    "hence no entrypoint)"
+                )
             with self._lock:
                 # A deletion that arrived while we were preparing wins: never start a process
                 # that _terminate() could no longer see.
                 if rec.terminating or self._stop.is_set():
                     return
                 with open(log_path, "ab") as out:
-                    rec.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out,
-                                                stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL, start_new_session=True)
+                    rec.proc = subprocess.Popen(
+                        argv,
+                        env=env,
+                        cwd=cwd,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
         except OSError as exc:
-            self._event(rec, "Warning", "Failed", f"Error: failed to start container "
-                                                  f"{c['name']}: {exc}")
-            rec.last_termination = {"exitCode": 128, "reason": "StartError", "message": str(exc),
-                                    "startedAt": started, "finishedAt": _now()}
+            self._event(
+                rec, "Warning", "Failed", f"Error: failed to start container {c['name']}: {exc}"
+            )
+            rec.last_termination = {
+                "exitCode": 128,
+                "reason": "StartError",
+                "message": str(exc),
+                "startedAt": started,
+                "finishedAt": _now(),
+            }
             rec.next_start = None
             self._after_exit(rec, 128, "StartError")
             return
@@ -552,15 +683,23 @@ class NodeAgent:
         rec.next_start = None
         log.info("started %s: pid %d %s", rec.key, rec.proc.pid, argv)
         self._patch_status(rec, running=True)
-        self._event(rec, "Normal", "Started", f"Started container {c['name']} "
-                                              f"(pid {rec.proc.pid}, test node agent)")
+        self._event(
+            rec,
+            "Normal",
+            "Started",
+            f"Started container {c['name']} (pid {rec.proc.pid}, test node agent)",
+        )
 
     def _on_exit(self, rec: PodRecord, code: int) -> None:
         exit_code = 128 - code if code < 0 else code
         reason = "Completed" if exit_code == 0 else "Error"
-        rec.last_termination = {"exitCode": exit_code, "reason": reason,
-                                "startedAt": rec.started_at, "finishedAt": _now(),
-                                "containerID": f"rexec-test://{rec.proc.pid if rec.proc else 0}"}
+        rec.last_termination = {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": rec.started_at,
+            "finishedAt": _now(),
+            "containerID": f"rexec-test://{rec.proc.pid if rec.proc else 0}",
+        }
         if code < 0:
             rec.last_termination["signal"] = -code
         rec.proc = None
@@ -570,18 +709,27 @@ class NodeAgent:
     def _after_exit(self, rec: PodRecord, exit_code: int, reason: str) -> None:
         policy = rec.restart_policy
         if policy == "Always" or (policy == "OnFailure" and exit_code != 0):
-            delay = min(BACKOFF_CAP, 2.0 ** rec.restart_count)
+            delay = min(BACKOFF_CAP, 2.0**rec.restart_count)
             rec.restart_count += 1
             rec.next_start = time.monotonic() + delay
-            self._patch_status(rec, waiting={"reason": "CrashLoopBackOff",
-                                             "message": f"back-off {delay:.0f}s restarting "
-                                                        f"failed container"})
-            self._event(rec, "Warning", "BackOff", f"Back-off {delay:.0f}s restarting container "
-                                                   f"(exit code {exit_code})")
+            # Like the kubelet: a pod whose container has run stays Running while it backs off.
+            self._patch_status(
+                rec,
+                phase="Running",
+                waiting={
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:.0f}s restarting failed container",
+                },
+            )
+            self._event(
+                rec,
+                "Warning",
+                "BackOff",
+                f"Back-off {delay:.0f}s restarting container (exit code {exit_code})",
+            )
             return
         rec.finished = True
-        self._patch_status(rec, terminated=True,
-                           phase="Succeeded" if exit_code == 0 else "Failed")
+        self._patch_status(rec, terminated=True, phase="Succeeded" if exit_code == 0 else "Failed")
 
     # ------------------------------------------------------------------ deletion
 
@@ -592,9 +740,12 @@ class NodeAgent:
         try:
             # What the kubelet does once the containers are gone: finish the graceful delete.
             self.core.delete_namespaced_pod(
-                rec.name, rec.namespace, grace_period_seconds=0,
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": rec.uid}},
-                _request_timeout=REQUEST_TIMEOUT)
+                rec.name,
+                rec.namespace,
+                grace_period_seconds=0,
+                body=cast(Any, {"gracePeriodSeconds": 0, "preconditions": {"uid": rec.uid}}),
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 log.warning("finalizing deletion of %s failed: %s", rec.key, exc)
@@ -627,11 +778,15 @@ class NodeAgent:
     # ------------------------------------------------------------------ env and volumes
 
     def _read(self, kind: str, namespace: str, name: str) -> Json | None:
-        fn = self.core.read_namespaced_secret if kind == "Secret" \
+        fn = (
+            self.core.read_namespaced_secret
+            if kind == "Secret"
             else self.core.read_namespaced_config_map
+        )
         try:
-            return _json(fn(name, namespace, _preload_content=False,
-                            _request_timeout=REQUEST_TIMEOUT))
+            return _json(
+                fn(name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -647,22 +802,27 @@ class NodeAgent:
 
     def _lookup(self, rec: PodRecord, kind: str, ref: Json, cache: dict[Any, Any]) -> Any:
         """Data of the referenced Secret/ConfigMap; None if optional and missing."""
-        name = ref.get("name")
+        name = str(ref.get("name"))
         key = (kind, name)
         if key not in cache:
             obj = self._read(kind, rec.namespace, name)
             cache[key] = None if obj is None else self._data(kind, obj)
         if cache[key] is None and not ref.get("optional"):
-            raise ConfigError(f"{kind.lower()} \"{name}\" not found")
+            raise ConfigError(f'{kind.lower()} "{name}" not found')
         return cache[key]
 
     def _field_ref(self, rec: PodRecord, path: str) -> str | None:
         pod = rec.pod
         meta = pod["metadata"]
-        simple = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
-                  "metadata.uid": meta.get("uid"), "spec.nodeName": self.node_name,
-                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName"),
-                  "status.podIP": POD_IP, "status.hostIP": POD_IP}
+        simple = {
+            "metadata.name": meta.get("name"),
+            "metadata.namespace": meta.get("namespace"),
+            "metadata.uid": meta.get("uid"),
+            "spec.nodeName": self.node_name,
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName"),
+            "status.podIP": POD_IP,
+            "status.hostIP": POD_IP,
+        }
         if path in simple:
             return simple[path]
         m = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
@@ -670,8 +830,9 @@ class NodeAgent:
             return (meta.get(m.group(1)) or {}).get(m.group(2), "")
         return None
 
-    def _prepare(self, rec: PodRecord,
-                 c: Json) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]]]:
+    def _prepare(
+        self, rec: PodRecord, c: Json
+    ) -> tuple[dict[str, str], dict[str, str], list[tuple[str, str]]]:
         """(process env, the container's own env for $(VAR) expansion, volume mounts)."""
         rec.directory.mkdir(parents=True, exist_ok=True)
         cache: dict[Any, Any] = {}
@@ -679,10 +840,12 @@ class NodeAgent:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         env.update(self.extra_env)
         # What $(VAR) may refer to: the container's own env and the service variables.
-        declared: dict[str, str] = {"HOSTNAME": rec.pod["spec"].get("hostname") or rec.name,
-                                    "KUBERNETES_SERVICE_HOST": self._api_host,
-                                    "KUBERNETES_SERVICE_PORT": self._api_port,
-                                    "KUBERNETES_SERVICE_PORT_HTTPS": self._api_port}
+        declared: dict[str, str] = {
+            "HOSTNAME": rec.pod["spec"].get("hostname") or rec.name,
+            "KUBERNETES_SERVICE_HOST": self._api_host,
+            "KUBERNETES_SERVICE_PORT": self._api_port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": self._api_port,
+        }
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix") or ""
             for kind, ref_key in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
@@ -704,23 +867,35 @@ class NodeAgent:
                     if data is not None and ref["key"] in data:
                         value = data[ref["key"]].decode(errors="replace")
                     elif not ref.get("optional"):
-                        raise ConfigError(f"couldn't find key {ref['key']} in {kind} "
-                                          f"{rec.namespace}/{ref.get('name')}")
+                        raise ConfigError(
+                            f"couldn't find key {ref['key']} in {kind} "
+                            f"{rec.namespace}/{ref.get('name')}"
+                        )
             if "fieldRef" in vf:
                 value = self._field_ref(rec, vf["fieldRef"]["fieldPath"])
                 if value is None:
-                    self._event(rec, "Warning", "Failed", "test node agent does not support "
-                                f"fieldRef {vf['fieldRef']['fieldPath']} (env {name} unset)")
+                    self._event(
+                        rec,
+                        "Warning",
+                        "Failed",
+                        "test node agent does not support "
+                        f"fieldRef {vf['fieldRef']['fieldPath']} (env {name} unset)",
+                    )
             if "resourceFieldRef" in vf:
-                self._event(rec, "Warning", "Failed", "test node agent does not support "
-                            f"resourceFieldRef (env {name} unset)")
+                self._event(
+                    rec,
+                    "Warning",
+                    "Failed",
+                    f"test node agent does not support resourceFieldRef (env {name} unset)",
+                )
             if value is not None:
                 declared[name] = value
         env.update(declared)
         return env, declared, mounts
 
-    def _materialize_volumes(self, rec: PodRecord, c: Json,
-                             cache: dict[Any, Any]) -> list[tuple[str, str]]:
+    def _materialize_volumes(
+        self, rec: PodRecord, c: Json, cache: dict[Any, Any]
+    ) -> list[tuple[str, str]]:
         vol_dir = rec.directory / "volumes"
         volumes = {v["name"]: v for v in rec.pod["spec"].get("volumes") or []}
         local: dict[str, str] = {}
@@ -738,21 +913,29 @@ class NodeAgent:
             elif "secret" in v or "configMap" in v:
                 kind = "Secret" if "secret" in v else "ConfigMap"
                 src = v["secret"] if kind == "Secret" else v["configMap"]
-                ref = {"name": src.get("secretName") if kind == "Secret" else src.get("name"),
-                       "optional": src.get("optional")}
+                ref = {
+                    "name": src.get("secretName") if kind == "Secret" else src.get("name"),
+                    "optional": src.get("optional"),
+                }
                 files = self._volume_files(rec, kind, ref, src.get("items"), cache)
                 self._write_files(target, files, src.get("defaultMode", 0o644))
             elif "projected" in v:
-                files: dict[str, tuple[bytes, int | None]] = {}
+                projected: dict[str, tuple[bytes, int | None]] = {}
                 for s in v["projected"].get("sources") or []:
                     for kind, key in (("Secret", "secret"), ("ConfigMap", "configMap")):
                         if key in s:
-                            files.update(self._volume_files(rec, kind, s[key], s[key].get("items"),
-                                                            cache))
-                self._write_files(target, files, v["projected"].get("defaultMode", 0o644))
+                            projected.update(
+                                self._volume_files(rec, kind, s[key], s[key].get("items"), cache)
+                            )
+                self._write_files(target, projected, v["projected"].get("defaultMode", 0o644))
             else:
-                self._event(rec, "Warning", "FailedMount", f"test node agent does not support "
-                            f"the type of volume {name}; mounting an empty directory")
+                self._event(
+                    rec,
+                    "Warning",
+                    "FailedMount",
+                    f"test node agent does not support "
+                    f"the type of volume {name}; mounting an empty directory",
+                )
                 target.mkdir(parents=True, exist_ok=True)
             local[name] = str(target)
         mounts = []
@@ -765,8 +948,9 @@ class NodeAgent:
         mounts.sort(key=lambda p: len(p[0]), reverse=True)
         return mounts
 
-    def _volume_files(self, rec: PodRecord, kind: str, ref: Json, items: list[Json] | None,
-                      cache: dict[Any, Any]) -> dict[str, tuple[bytes, int | None]]:
+    def _volume_files(
+        self, rec: PodRecord, kind: str, ref: Json, items: list[Json] | None, cache: dict[Any, Any]
+    ) -> dict[str, tuple[bytes, int | None]]:
         data = self._lookup(rec, kind, ref, cache)
         if data is None:
             return {}
@@ -782,8 +966,9 @@ class NodeAgent:
         return files
 
     @staticmethod
-    def _write_files(target: Path, files: dict[str, tuple[bytes, int | None]],
-                     default_mode: int) -> None:
+    def _write_files(
+        target: Path, files: dict[str, tuple[bytes, int | None]], default_mode: int
+    ) -> None:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         for rel, (content, mode) in files.items():
@@ -807,51 +992,98 @@ class NodeAgent:
 
     # ------------------------------------------------------------------ status and events
 
-    def _container_statuses(self, rec: PodRecord, *, running: bool = False,
-                            waiting: Json | None = None, terminated: bool = False) -> list[Json]:
+    def _container_statuses(
+        self,
+        rec: PodRecord,
+        *,
+        running: bool = False,
+        waiting: Json | None = None,
+        terminated: bool = False,
+    ) -> list[Json]:
         containers = rec.pod["spec"]["containers"]
         first = containers[0]
-        st: Json = {"name": first["name"], "image": first.get("image", ""), "imageID": "",
-                    "restartCount": rec.restart_count, "ready": False, "started": False}
+        st: Json = {
+            "name": first["name"],
+            "image": first.get("image", ""),
+            "imageID": "",
+            "restartCount": rec.restart_count,
+            "ready": False,
+            "started": False,
+        }
         if running and rec.proc is not None:
-            st.update(ready=True, started=True, containerID=f"rexec-test://{rec.proc.pid}",
-                      state={"running": {"startedAt": rec.started_at}})
+            st.update(
+                ready=True,
+                started=True,
+                containerID=f"rexec-test://{rec.proc.pid}",
+                state={"running": {"startedAt": rec.started_at}},
+            )
         elif terminated and rec.last_termination:
-            st.update(state={"terminated": dict(rec.last_termination)},
-                      containerID=rec.last_termination.get("containerID", ""))
+            st.update(
+                state={"terminated": dict(rec.last_termination)},
+                containerID=rec.last_termination.get("containerID", ""),
+            )
         else:
             st["state"] = {"waiting": waiting or {"reason": "ContainerCreating"}}
         if rec.last_termination and not terminated:
             st["lastState"] = {"terminated": dict(rec.last_termination)}
         out = [st]
         for other in containers[1:]:
-            out.append({"name": other["name"], "image": other.get("image", ""), "imageID": "",
-                        "restartCount": 0, "ready": False, "started": False,
-                        "state": {"waiting": {"reason": "NotRunByTestNodeAgent",
-                                              "message": "only the first container is run"}}})
+            out.append(
+                {
+                    "name": other["name"],
+                    "image": other.get("image", ""),
+                    "imageID": "",
+                    "restartCount": 0,
+                    "ready": False,
+                    "started": False,
+                    "state": {
+                        "waiting": {
+                            "reason": "NotRunByTestNodeAgent",
+                            "message": "only the first container is run",
+                        }
+                    },
+                }
+            )
         return out
 
-    def _patch_status(self, rec: PodRecord, *, running: bool = False, waiting: Json | None = None,
-                      terminated: bool = False, phase: str | None = None) -> None:
-        statuses = self._container_statuses(rec, running=running, waiting=waiting,
-                                            terminated=terminated)
+    def _patch_status(
+        self,
+        rec: PodRecord,
+        *,
+        running: bool = False,
+        waiting: Json | None = None,
+        terminated: bool = False,
+        phase: str | None = None,
+    ) -> None:
+        statuses = self._container_statuses(
+            rec, running=running, waiting=waiting, terminated=terminated
+        )
         ready = all(s["ready"] for s in statuses)
         now = _now()
 
         def cond(t: str, ok: bool, reason: str | None = None) -> Json:
-            c = {"type": t, "status": "True" if ok else "False", "lastProbeTime": None,
-                 "lastTransitionTime": now}
+            c = {
+                "type": t,
+                "status": "True" if ok else "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": now,
+            }
             if reason and not ok:
                 c["reason"] = reason
             return c
 
-        status = {
+        status: Json = {
             "phase": phase or ("Running" if running else "Pending"),
-            "hostIP": POD_IP, "podIP": POD_IP, "podIPs": [{"ip": POD_IP}],
+            "hostIP": POD_IP,
+            "podIP": POD_IP,
+            "podIPs": [{"ip": POD_IP}],
             "startTime": (rec.pod.get("status") or {}).get("startTime") or now,
-            "conditions": [cond("Initialized", True), cond("Ready", ready, "ContainersNotReady"),
-                           cond("ContainersReady", ready, "ContainersNotReady"),
-                           cond("PodScheduled", True)],
+            "conditions": [
+                cond("Initialized", True),
+                cond("Ready", ready, "ContainersNotReady"),
+                cond("ContainersReady", ready, "ContainersNotReady"),
+                cond("PodScheduled", True),
+            ],
             "containerStatuses": statuses,
         }
         if phase in ("Succeeded", "Failed"):
@@ -859,29 +1091,43 @@ class NodeAgent:
         if terminated and phase == "Failed" and rec.last_termination:
             status["message"] = f"container exited with code {rec.last_termination['exitCode']}"
         try:
-            self.core.patch_namespaced_pod_status(rec.name, rec.namespace, {"status": status},
-                                                  _content_type=MERGE_PATCH,
-                                                  _request_timeout=REQUEST_TIMEOUT)
+            self.core.patch_namespaced_pod_status(
+                rec.name,
+                rec.namespace,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
         except ApiException as exc:
             if exc.status != 404:  # a deleted pod needs no status
                 log.warning("status update of %s failed: %s", rec.key, exc)
 
     def _event(self, rec: PodRecord, type_: str, reason: str, message: str) -> None:
         now = _now()
-        body = {
-            "apiVersion": "v1", "kind": "Event",
+        body: Any = {
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{rec.name}.", "namespace": rec.namespace},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": rec.name,
-                               "namespace": rec.namespace, "uid": rec.uid,
-                               "fieldPath": f"spec.containers{{{rec.container['name']}}}"},
-            "reason": reason, "message": message, "type": type_,
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": rec.name,
+                "namespace": rec.namespace,
+                "uid": rec.uid,
+                "fieldPath": f"spec.containers{{{rec.container['name']}}}",
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
             "source": {"component": AGENT_COMPONENT, "host": self.node_name},
-            "reportingComponent": AGENT_COMPONENT, "reportingInstance": self.node_name,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": AGENT_COMPONENT,
+            "reportingInstance": self.node_name,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
-            self.core.create_namespaced_event(rec.namespace, body,
-                                              _request_timeout=REQUEST_TIMEOUT)
+            self.core.create_namespaced_event(rec.namespace, body, _request_timeout=REQUEST_TIMEOUT)
         except Exception as exc:  # events are best effort (e.g. namespace terminating)
             log.debug("event %s for %s not recorded: %s", reason, rec.key, exc)
 
@@ -889,7 +1135,8 @@ class NodeAgent:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.k8s.node_agent",
-        description="TEST INFRASTRUCTURE: a fake kubelet running pods as local processes.")
+        description="TEST INFRASTRUCTURE: a fake kubelet running pods as local processes.",
+    )
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     parser.add_argument("--node-name", default="rexec-test-node")
     parser.add_argument("--cpu", default="16")
@@ -899,13 +1146,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-node-on-stop", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     if not args.kubeconfig:
         parser.error("--kubeconfig or KUBECONFIG is required")
     api = config.new_client_from_config(config_file=args.kubeconfig)
-    agent = NodeAgent(api, args.node_name, cpu=args.cpu, memory=args.memory, pods=args.pods,
-                      workdir=args.workdir, delete_node_on_stop=args.delete_node_on_stop)
+    agent = NodeAgent(
+        api,
+        args.node_name,
+        cpu=args.cpu,
+        memory=args.memory,
+        pods=args.pods,
+        workdir=args.workdir,
+        delete_node_on_stop=args.delete_node_on_stop,
+    )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

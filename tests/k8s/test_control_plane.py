@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -23,22 +25,34 @@ ApiException = pytest.importorskip("kubernetes.client.rest").ApiException
 IMAGE = "python:3.11-slim"
 
 
-def pod_manifest(name: str, code: str, *, args: list[str] | None = None,
-                 restart: str = "Never", env: list[dict[str, Any]] | None = None,
-                 volumes: list[dict[str, Any]] | None = None,
-                 mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def pod_manifest(
+    name: str,
+    code: str,
+    *,
+    args: list[str] | None = None,
+    restart: str = "Never",
+    env: list[dict[str, Any]] | None = None,
+    volumes: list[dict[str, Any]] | None = None,
+    mounts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "rexec-k8s-test"}},
         "spec": {
             "restartPolicy": restart,
             "nodeSelector": {"rexec.test/node-agent": "true"},
             "terminationGracePeriodSeconds": 10,
-            "containers": [{
-                "name": "main", "image": IMAGE,
-                "command": [sys.executable, "-c", textwrap.dedent(code)],
-                "args": args or [], "env": env or [], "volumeMounts": mounts or [],
-            }],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": [sys.executable, "-c", textwrap.dedent(code)],
+                    "args": args or [],
+                    "env": env or [],
+                    "volumeMounts": mounts or [],
+                }
+            ],
             "volumes": volumes or [],
         },
     }
@@ -63,8 +77,9 @@ def events_for(cluster: K8sCluster, ns: str, name: str) -> list[Any]:
     return list(events.items)
 
 
-def wait_phase(cluster: K8sCluster, ns: str, name: str, phases: tuple[str, ...],
-               timeout: float = 60) -> Any:
+def wait_phase(
+    cluster: K8sCluster, ns: str, name: str, phases: tuple[str, ...], timeout: float = 60
+) -> Any:
     def check() -> Any:
         pod = read_pod(cluster, ns, name)
         return pod if pod.status.phase in phases else None
@@ -88,19 +103,25 @@ def test_namespace_secret_and_network_policy(k8s_cluster: K8sCluster, k8s_namesp
     ns = k8s_namespace
     assert core.read_namespace(ns).status.phase == "Active"
 
-    core.create_namespaced_secret(ns, {"metadata": {"name": "creds"},
-                                       "stringData": {"token": "s3cret"}})
+    core.create_namespaced_secret(
+        ns, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}}
+    )
     secret = core.read_namespaced_secret("creds", ns)
     assert base64.b64decode(secret.data["token"]) == b"s3cret"
 
     policy = {
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
         "metadata": {"name": "workers-only-from-broker"},
         "spec": {
             "podSelector": {"matchLabels": {"app": "rexec-worker"}},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "rexec-broker"}}}],
-                         "ports": [{"protocol": "TCP", "port": 5555}]}],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"app": "rexec-broker"}}}],
+                    "ports": [{"protocol": "TCP", "port": 5555}],
+                }
+            ],
         },
     }
     k8s_cluster.networking.create_namespaced_network_policy(ns, policy)
@@ -118,7 +139,9 @@ def test_node_is_ready_and_leased(k8s_cluster: K8sCluster, node_agent: Any) -> N
     assert node.status.allocatable["pods"] == "110"
     assert not [t for t in node.spec.taints or [] if t.effect in ("NoSchedule", "NoExecute")]
     lease = client.CoordinationV1Api(k8s_cluster.api_client).read_namespaced_lease(
-        NODE_NAME, "kube-node-lease")
+        NODE_NAME, "kube-node-lease"
+    )
+    assert lease.spec is not None and lease.spec.renew_time is not None
     age = time.time() - lease.spec.renew_time.timestamp()
     assert age < 30, f"lease renewed {age:.0f}s ago"
 
@@ -126,12 +149,14 @@ def test_node_is_ready_and_leased(k8s_cluster: K8sCluster, node_agent: Any) -> N
 # ----------------------------------------------------------------------------- pods
 
 
-def test_pod_runs_with_secret_env_and_volume(k8s_cluster: K8sCluster, node_agent: Any,
-                                             k8s_namespace: str, tmp_path: Path) -> None:
+def test_pod_runs_with_secret_env_and_volume(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str, tmp_path: Path
+) -> None:
     core, ns = k8s_cluster.core, k8s_namespace
     token = uuid.uuid4().hex
-    core.create_namespaced_secret(ns, {"metadata": {"name": "worker-creds"},
-                                       "stringData": {"token": token, "user": "alice"}})
+    core.create_namespaced_secret(
+        ns, {"metadata": {"name": "worker-creds"}, "stringData": {"token": token, "user": "alice"}}
+    )
     # The pod reports what it got into a hostPath dir the test can read, then waits for the test
     # to release it, so Running can be observed before Succeeded. Bounded: it gives up at 60 s.
     code = """
@@ -147,16 +172,29 @@ def test_pod_runs_with_secret_env_and_volume(k8s_cluster: K8sCluster, node_agent
             time.sleep(0.05)
     """
     pod = pod_manifest(
-        "reporter", code, args=["/exchange"],
-        env=[{"name": "REXEC_TOKEN",
-              "valueFrom": {"secretKeyRef": {"name": "worker-creds", "key": "token"}}},
-             {"name": "USER_NAME",
-              "valueFrom": {"secretKeyRef": {"name": "worker-creds", "key": "user"}}},
-             {"name": "GREETING", "value": "hello-$(USER_NAME)"}],
-        volumes=[{"name": "creds", "secret": {"secretName": "worker-creds"}},
-                 {"name": "exchange", "hostPath": {"path": str(tmp_path)}}],
-        mounts=[{"name": "creds", "mountPath": "/etc/rexec/creds", "readOnly": True},
-                {"name": "exchange", "mountPath": "/exchange"}])
+        "reporter",
+        code,
+        args=["/exchange"],
+        env=[
+            {
+                "name": "REXEC_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "worker-creds", "key": "token"}},
+            },
+            {
+                "name": "USER_NAME",
+                "valueFrom": {"secretKeyRef": {"name": "worker-creds", "key": "user"}},
+            },
+            {"name": "GREETING", "value": "hello-$(USER_NAME)"},
+        ],
+        volumes=[
+            {"name": "creds", "secret": {"secretName": "worker-creds"}},
+            {"name": "exchange", "hostPath": {"path": str(tmp_path)}},
+        ],
+        mounts=[
+            {"name": "creds", "mountPath": "/etc/rexec/creds", "readOnly": True},
+            {"name": "exchange", "mountPath": "/exchange"},
+        ],
+    )
     core.create_namespaced_pod(ns, pod)
 
     running = wait_phase(k8s_cluster, ns, "reporter", ("Running", "Succeeded", "Failed"))
@@ -168,8 +206,11 @@ def test_pod_runs_with_secret_env_and_volume(k8s_cluster: K8sCluster, node_agent
     assert {c.type: c.status for c in running.status.conditions}["Ready"] == "True"
     assert any(e.reason == "Started" for e in events_for(k8s_cluster, ns, "reporter"))
 
-    report = wait_for(lambda: (tmp_path / "report.txt").exists()
-                      and (tmp_path / "report.txt").read_text(), 30, "the pod's report")
+    report = wait_for(
+        lambda: (tmp_path / "report.txt").exists() and (tmp_path / "report.txt").read_text(),
+        30,
+        "the pod's report",
+    )
     assert report == f"{token} {token} hello-alice"
     (tmp_path / "release").touch()
 
@@ -180,11 +221,13 @@ def test_pod_runs_with_secret_env_and_volume(k8s_cluster: K8sCluster, node_agent
     assert f"env token {token}" in node_agent.pod_log(ns, "reporter")
 
 
-def test_failing_pod_reports_exit_code(k8s_cluster: K8sCluster, node_agent: Any,
-                                       k8s_namespace: str) -> None:
+def test_failing_pod_reports_exit_code(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str
+) -> None:
     ns = k8s_namespace
     k8s_cluster.core.create_namespaced_pod(
-        ns, pod_manifest("fails", "import sys; print('bye'); sys.exit(3)"))
+        ns, pod_manifest("fails", "import sys; print('bye'); sys.exit(3)")
+    )
     pod = wait_phase(k8s_cluster, ns, "fails", ("Succeeded", "Failed"))
     assert pod.status.phase == "Failed"
     terminated = pod.status.container_statuses[0].state.terminated
@@ -192,8 +235,9 @@ def test_failing_pod_reports_exit_code(k8s_cluster: K8sCluster, node_agent: Any,
     assert "bye" in node_agent.pod_log(ns, "fails")
 
 
-def test_on_failure_pod_is_restarted(k8s_cluster: K8sCluster, node_agent: Any,
-                                     k8s_namespace: str, tmp_path: Path) -> None:
+def test_on_failure_pod_is_restarted(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str, tmp_path: Path
+) -> None:
     # Fails on the first run, succeeds on the second: restartCount 1, phase Succeeded.
     code = """
         import os, sys
@@ -203,18 +247,25 @@ def test_on_failure_pod_is_restarted(k8s_cluster: K8sCluster, node_agent: Any,
             sys.exit(1)
     """
     k8s_cluster.core.create_namespaced_pod(
-        k8s_namespace, pod_manifest("flaky", code, args=[str(tmp_path)], restart="OnFailure"))
+        k8s_namespace, pod_manifest("flaky", code, args=[str(tmp_path)], restart="OnFailure")
+    )
     pod = wait_phase(k8s_cluster, k8s_namespace, "flaky", ("Succeeded", "Failed"))
     assert pod.status.phase == "Succeeded"
     assert pod.status.container_statuses[0].restart_count == 1
 
 
-def test_missing_secret_blocks_start_until_created(k8s_cluster: K8sCluster, node_agent: Any,
-                                                   k8s_namespace: str) -> None:
+def test_missing_secret_blocks_start_until_created(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str
+) -> None:
     core, ns = k8s_cluster.core, k8s_namespace
-    core.create_namespaced_pod(ns, pod_manifest(
-        "waits", "import os; print(os.environ['LATE'])",
-        env=[{"name": "LATE", "valueFrom": {"secretKeyRef": {"name": "late", "key": "v"}}}]))
+    core.create_namespaced_pod(
+        ns,
+        pod_manifest(
+            "waits",
+            "import os; print(os.environ['LATE'])",
+            env=[{"name": "LATE", "valueFrom": {"secretKeyRef": {"name": "late", "key": "v"}}}],
+        ),
+    )
 
     def config_error() -> bool:
         statuses = read_pod(k8s_cluster, ns, "waits").status.container_statuses or []
@@ -228,8 +279,9 @@ def test_missing_secret_blocks_start_until_created(k8s_cluster: K8sCluster, node
     assert node_agent.pod_log(ns, "waits").strip() == "here"
 
 
-def test_deleting_running_pod_kills_its_process(k8s_cluster: K8sCluster, node_agent: Any,
-                                                k8s_namespace: str, tmp_path: Path) -> None:
+def test_deleting_running_pod_kills_its_process(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str, tmp_path: Path
+) -> None:
     core, ns = k8s_cluster.core, k8s_namespace
     code = """
         import os, sys, time
@@ -239,8 +291,13 @@ def test_deleting_running_pod_kills_its_process(k8s_cluster: K8sCluster, node_ag
     """
     core.create_namespaced_pod(ns, pod_manifest("sleeper", code, args=[str(tmp_path)]))
     wait_phase(k8s_cluster, ns, "sleeper", ("Running",))
-    pid = int(wait_for(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(),
-                       30, "the pod's pid file"))
+    pid = int(
+        wait_for(
+            lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text(),
+            30,
+            "the pod's pid file",
+        )
+    )
     assert pid_alive(pid)
     assert node_agent.pid_of(ns, "sleeper") == pid
 
@@ -257,8 +314,11 @@ def test_deleting_namespace_completes(k8s_cluster: K8sCluster, node_agent: Any) 
     core = k8s_cluster.core
     ns = f"rexec-test-del-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
-    wait_for(lambda: core.read_namespaced_service_account("default", ns).secrets, 60,
-             "the default ServiceAccount token")
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", ns).secrets,
+        60,
+        "the default ServiceAccount token",
+    )
     core.create_namespaced_secret(ns, {"metadata": {"name": "s"}, "stringData": {"k": "v"}})
     core.create_namespaced_pod(ns, pod_manifest("busy", "import time; time.sleep(120)"))
     wait_phase(k8s_cluster, ns, "busy", ("Running",))
@@ -278,3 +338,59 @@ def test_deleting_namespace_completes(k8s_cluster: K8sCluster, node_agent: Any) 
 
     wait_for(gone, 90, f"namespace {ns} to be deleted", interval=0.5)
     assert not pid_alive(pid)
+
+
+def test_node_agent_command_line(k8s_cluster: K8sCluster) -> None:
+    # `python -m tests.k8s.node_agent` registers its node, and on SIGTERM stops and (with
+    # --delete-node-on-stop) removes it again.
+    if k8s_cluster.external and os.environ.get("REXEC_K8S_NODE_AGENT") != "1":
+        pytest.skip("external cluster without REXEC_K8S_NODE_AGENT=1")
+    node = f"rexec-test-cli-{uuid.uuid4().hex[:6]}"
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.k8s.node_agent",
+            "--kubeconfig",
+            str(k8s_cluster.kubeconfig),
+            "--node-name",
+            node,
+            "--delete-node-on-stop",
+        ],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        # It prints "node ... ready; ..." once schedulable, or exits (its start is bounded).
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if line.startswith(f"node {node} ready"):
+                break
+        assert output and output[-1].startswith(f"node {node} ready"), "".join(output)
+        got = k8s_cluster.core.read_node(node)
+        assert {c.type: c.status for c in got.status.conditions}["Ready"] == "True"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise
+    assert proc.returncode == 0
+    wait_for(lambda: _node_gone(k8s_cluster, node), 15, f"node {node} to be removed")
+
+
+def _node_gone(cluster: K8sCluster, name: str) -> bool:
+    try:
+        cluster.core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
