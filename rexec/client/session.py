@@ -226,16 +226,23 @@ class Session:
             )
 
     def _fail_all(self, message: str | None, refusal: dict[str, Any] | None = None) -> None:
+        """End pending requests after a lost connection or a refusal.
+
+        After a lost connection, requests still held for the next greeting stay: they will be
+        sent once the session is re-established. After a refusal nothing will be sent, so they
+        end too.
+        """
         with self._lock:
             pending = list(self._pending.values())
-        held = set()
+        channel = None if self._closed else self._channel
         for item in pending:
-            if self._channel is not None and not self._closed and self._channel.is_held(item.id):
-                held.add(item.id)
-        for item in pending:
-            if item.id not in held:
-                error = refusal or {"code": _LOST, "message": message}
-                item.deliver({"t": _LOST, "error": error}, [])
+            if channel is not None:
+                if refusal is not None:
+                    channel.withdraw(item.id)
+                elif channel.is_held(item.id):
+                    continue
+            error = refusal or {"code": _LOST, "message": message}
+            item.deliver({"t": _LOST, "error": error}, [])
 
     # -- requests --------------------------------------------------------------------------
 

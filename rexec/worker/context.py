@@ -22,6 +22,17 @@ MAX_STREAM_CHUNK = 1024 * 1024
 _local = threading.local()
 _active: list[RequestContext] = []
 _active_lock = threading.Lock()
+_last: list[RequestContext] = []  # the request that most recently ran user code
+_before_finish: list[Callable[[], None]] = []
+
+
+def last_context() -> RequestContext | None:
+    return _last[0] if _last else None
+
+
+def run_before_finish(hook: Callable[[], None]) -> None:
+    """Run ``hook`` before any request sends its reply (to flush captured output)."""
+    _before_finish.append(hook)
 
 
 def current_context() -> RequestContext | None:
@@ -125,6 +136,8 @@ class RequestContext:
 
     def finish(self, frames: Sequence[Any]) -> None:
         """Send the terminal reply; nothing about this request is sent afterwards."""
+        for hook in _before_finish:
+            hook()
         self.finished = True
         self.send(frames)
 
@@ -137,6 +150,7 @@ class RequestContext:
         _local.ctx = self
         with _active_lock:
             _active.append(self)
+            _last[:] = [self]
         with self._lock:
             self._thread_id = threading.get_ident()
             self._interrupt = interrupt

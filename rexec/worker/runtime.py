@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any
 
 import dill
 import zmq
@@ -31,9 +31,11 @@ import zmq
 from rexec import __version__
 from rexec import protocol as p
 from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
+from rexec.worker import context
 from rexec.worker import shell as shell_ops
 from rexec.worker.calls import FunctionCache, exception_reply, run_call
 from rexec.worker.context import RequestContext, RoutedStream
+from rexec.worker.fdcapture import FdCapture
 from rexec.worker.pool import CallPool
 
 log = logging.getLogger("rexec.worker")
@@ -101,9 +103,12 @@ class Worker:
 
     def run(self) -> int:
         """Serve until stopped; cells run on this (the main) thread. Returns an exit code."""
+        capture = FdCapture()
+        real_stdout, real_stderr = capture.start()
+        context.run_before_finish(capture.drain)
         self._shell = shell_ops.create_shell()
-        sys.stdout = RoutedStream("stdout", cast(TextIO, sys.__stdout__))
-        sys.stderr = RoutedStream("stderr", cast(TextIO, sys.__stderr__))
+        sys.stdout = RoutedStream("stdout", real_stdout)
+        sys.stderr = RoutedStream("stderr", real_stderr)
         signal.signal(signal.SIGINT, self._on_sigint)
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self._write_status("connecting")
@@ -124,7 +129,7 @@ class Worker:
             self._write_status("stopping")
             self.channel.close()
             self._pool.shutdown()
-            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            sys.stdout, sys.stderr = real_stdout, real_stderr
         return self.exit_code
 
     def stop(self, exit_code: int | None = None) -> None:

@@ -215,3 +215,23 @@ def test_pipelined_calls_all_complete_even_when_queues_fill(broker_stack, sessio
     futures = [session.submit(lambda i: i * i, i) for i in range(600)]
     assert [f.result(timeout=60) for f in futures] == [i * i for i in range(600)]
     assert broker_stack.broker.stats["backlogged"] > 0  # the queues really did fill
+
+
+def test_output_below_python_reaches_the_caller(session):
+    def shell_out():
+        import os
+        import subprocess
+
+        os.system("echo from-os-system")
+        subprocess.run(["sh", "-c", "echo from-subprocess >&2"], check=True)
+        os.write(1, b"raw fd write\n")
+        return "done"
+
+    out = CollectingOutput()
+    assert session.call(shell_out, output=out) == "done"
+    assert "from-os-system\n" in out.text("stdout")
+    assert "raw fd write\n" in out.text("stdout")
+    assert "from-subprocess\n" in out.text("stderr")
+    cell = CollectingOutput()
+    session.execute("import os\nos.system('echo cell-shell')", output=cell)
+    assert "cell-shell" in cell.text("stdout")

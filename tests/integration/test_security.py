@@ -39,7 +39,8 @@ def test_revoked_token_ends_the_session_after_the_cache_ttl(broker_stack, sessio
                 refused = exc
             time.sleep(0.2)
         assert isinstance(refused, AuthError), refused
-        assert "no longer valid" in str(refused)
+        # Background re-validation or the re-greeting that follows, whichever tells first.
+        assert "no longer valid" in str(refused) or "refused the token" in str(refused)
 
 
 def test_tokens_and_credentials_never_reach_the_logs(broker_stack, session_factory, caplog):
