@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rexec.client.outputs import OutputHandler
 from rexec.client.session import Session
 from rexec.errors import ConfigError, RexecError
 from rexec.requirements import parse_requirements
@@ -34,7 +35,17 @@ def _install(requirements: list[str]) -> dict[str, Any]:
     return {"installed": checked, "returncode": process.wait()}
 
 
-def set_environment(session: Session, requirements_file: str | Path) -> dict[str, Any]:
+def install(
+    session: Session, requirements: list[str], output: OutputHandler | None = None
+) -> dict[str, Any]:
+    """Install already-validated requirement strings into the worker; pip's output goes to
+    ``output``. Returns ``{"installed": [...], "returncode": int}``."""
+    return dict(session.call(_install, (requirements,), output=output))
+
+
+def set_environment(
+    session: Session, requirements_file: str | Path, output: OutputHandler | None = None
+) -> dict[str, Any]:
     """Install the packages listed in ``requirements_file`` into the session's worker."""
     path = Path(requirements_file)
     try:
@@ -42,7 +53,7 @@ def set_environment(session: Session, requirements_file: str | Path) -> dict[str
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     requirements = list(parse_requirements(text).requirements)
-    result = session.call(_install, (requirements,))
+    result = install(session, requirements, output)
     if result["returncode"] != 0:
         raise RexecError(
             f"pip could not install {', '.join(requirements)} on the worker (exit code "

@@ -149,6 +149,15 @@ class Session:
             raise _refusal_error(refusal)
         return self
 
+    @property
+    def connected(self) -> bool:
+        """True while the session is authenticated with the broker."""
+        return self._channel is not None and not self._closed and self._channel.ready
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _hello(self) -> list[bytes]:
         return p.make_hello(self.profile.require_token(), self.profile.worker, local_info())
 

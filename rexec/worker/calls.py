@@ -8,6 +8,7 @@ import pickle
 import queue
 import threading
 import traceback
+import types
 from typing import Any
 
 import zmq
@@ -21,10 +22,44 @@ GENERATOR_IDLE_SECONDS = 3600.0
 FUNCTION_CACHE_SIZE = 256
 
 
+class NamespaceGlobals(dict[str, Any]):
+    """The globals of a function shipped from a notebook: the values it was shipped with, and
+    for anything else the worker's interactive namespace, so a ``remote_func`` sees what
+    ``%%rexec`` cells defined there."""
+
+    def __init__(self, shipped: dict[str, Any], namespace: dict[str, Any]) -> None:
+        super().__init__(shipped)
+        self.setdefault("__builtins__", namespace.get("__builtins__", __builtins__))
+        self._namespace = namespace
+
+    def __missing__(self, key: str) -> Any:
+        return self._namespace[key]
+
+
+def bind_to_namespace(fn: Any, namespace: dict[str, Any] | None) -> Any:
+    """Rebuild a by-value ``__main__`` function over ``NamespaceGlobals``."""
+    if namespace is None or not isinstance(fn, types.FunctionType):
+        return fn
+    if fn.__module__ not in (None, "__main__"):
+        return fn  # importable on the worker: keeps its own module's globals
+    bound = types.FunctionType(
+        fn.__code__,
+        NamespaceGlobals(fn.__globals__, namespace),
+        fn.__name__,
+        fn.__defaults__,
+        fn.__closure__,
+    )
+    bound.__kwdefaults__ = fn.__kwdefaults__
+    bound.__dict__.update(fn.__dict__)
+    bound.__qualname__ = fn.__qualname__
+    return bound
+
+
 class FunctionCache:
     """Functions received from clients, by content hash, least recently used evicted."""
 
     def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+        self.namespace: dict[str, Any] | None = None  # the shell's user namespace, once it exists
         self._size = size
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -102,7 +137,7 @@ def load_call(
             data = payload[0].bytes
             if ser.function_key(data) != key:
                 return p.make_error_reply(request_id, p.E_BAD_MESSAGE, "function key mismatch")
-            fn = ser.loads_function(data)
+            fn = bind_to_namespace(ser.loads_function(data), functions.namespace)
             functions.put(key, fn)
             index = 1
         else:

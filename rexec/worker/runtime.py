@@ -107,6 +107,7 @@ class Worker:
         real_stdout, real_stderr = capture.start()
         context.run_before_finish(capture.drain)
         self._shell = shell_ops.create_shell()
+        self._functions.namespace = self._shell.user_ns
         sys.stdout = RoutedStream("stdout", real_stdout)
         sys.stderr = RoutedStream("stderr", real_stderr)
         signal.signal(signal.SIGINT, self._on_sigint)

@@ -90,6 +90,8 @@ def create_shell() -> WorkerShell:
     config.HistoryManager.hist_file = ":memory:"
     config.InteractiveShell.colors = "Linux"
     config.InteractiveShell.xmode = "Context"
+    # IPython's own completer: jedi (as pinned with some IPython releases) returns no matches.
+    config.IPCompleter.use_jedi = False
     return WorkerShell.instance(config=config)
 
 

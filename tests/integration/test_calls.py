@@ -235,3 +235,15 @@ def test_output_below_python_reaches_the_caller(session):
     cell = CollectingOutput()
     session.execute("import os\nos.system('echo cell-shell')", output=cell)
     assert "cell-shell" in cell.text("stdout")
+
+
+def test_functions_see_the_cell_namespace_and_completion_works(session):
+    session.execute("remote_only = 41\ndef helper():\n    return remote_only + 1")
+    namespace = {"__name__": "__main__"}
+    exec("def uses_cells():\n    return helper() + remote_only", namespace)
+    assert session.call(namespace["uses_cells"]) == 83
+    # The shipped value wins over the remote one for names the function brought along.
+    exec("remote_only = 0\ndef shadows():\n    return remote_only", namespace)
+    assert session.call(namespace["shadows"]) == 0
+    reply = session.complete("remote_o")
+    assert "remote_only" in reply["matches"]
