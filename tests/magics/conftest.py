@@ -1,0 +1,3 @@
+from tests.kernel.stack import local_stack
+
+__all__ = ["local_stack"]
