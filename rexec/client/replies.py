@@ -8,6 +8,7 @@ from typing import Any
 import zmq
 
 from rexec import protocol as p
+from rexec import serialization as ser
 from rexec.errors import (
     AuthError,
     AuthUnavailable,
@@ -67,3 +68,30 @@ def rebuild_exception(payload: list[zmq.Frame]) -> BaseException:
     return RemoteError(
         str(content.get("ename", "Exception")), str(content.get("evalue", "")), lines
     )
+
+
+def load_value(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
+    nbuf = int(header.get("nb") or 0)
+    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]]
+    return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer, buffers)
+
+
+def result_of(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
+    raise_for_reply(header, payload)
+    return load_value(header, payload)
+
+
+def cell_reply(header: dict[str, Any], payload: list[zmq.Frame]) -> dict[str, Any]:
+    if header.get("t") == p.REPLY and payload and "error" not in header:
+        return dict(p.parse_json_frame(payload[0]))
+    raise_for_reply(header, payload)
+    return dict(p.parse_json_frame(payload[0]))
+
+
+def refusal_error(error: dict[str, Any]) -> Exception:
+    code, message = error.get("code"), error.get("message", "refused")
+    if code == p.E_AUTH_UNAVAILABLE:
+        return AuthUnavailable(message)
+    if code in (p.E_AUTH_FAILED, p.E_FORBIDDEN):
+        return AuthError(message)
+    return ConnectionLost(f"the broker refused the session: {message}")

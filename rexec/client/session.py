@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -25,13 +25,12 @@ import zmq
 from rexec import protocol as p
 from rexec import serialization as ser
 from rexec.channel import DISCONNECTED, READY, REFUSED, UNRESPONSIVE, BrokerChannel
+from rexec.client.generators import RemoteGenerator
 from rexec.client.outputs import ConsoleOutput, OutputHandler
-from rexec.client.replies import raise_for_reply
+from rexec.client.replies import cell_reply, load_value, raise_for_reply, refusal_error, result_of
 from rexec.client.skew import check_skew, local_info
 from rexec.client.spawner import SpawnerClient
 from rexec.errors import (
-    AuthError,
-    AuthUnavailable,
     CallTimeout,
     ConfigError,
     ConnectionLost,
@@ -146,7 +145,7 @@ class Session:
         if self._refusal is not None:
             refusal = self._refusal
             self.close()
-            raise _refusal_error(refusal)
+            raise refusal_error(refusal)
         return self
 
     @property
@@ -410,7 +409,7 @@ class Session:
         header, payload, pending_gen = self._call(fn, args, kwargs or {}, timeout, handler)
         if header["t"] == p.ITEM:
             return pending_gen
-        return _result(header, payload)
+        return result_of(header, payload)
 
     def _call_frames(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -492,7 +491,7 @@ class Session:
                 self._slow_executor().submit(slow_path)
                 return
             try:
-                future.set_result(_result(header, payload))
+                future.set_result(result_of(header, payload))
                 with self._lock:
                     self._worker_has.add(key)
             except BaseException as exc:
@@ -529,7 +528,7 @@ class Session:
             )
 
         header, payload = self._run(frames_for, timeout, handler)
-        return _cell_reply(header, payload)
+        return cell_reply(header, payload)
 
     def complete(
         self, code: str, cursor_pos: int | None = None, timeout: float = 10.0
@@ -569,9 +568,9 @@ class Session:
             self._finish(pending)
             raise
         if header["t"] == p.ITEM:
-            return True, _load(header, payload)
+            return True, load_value(header, payload)
         self._finish(pending)
-        return False, _result(header, payload)
+        return False, result_of(header, payload)
 
     def _close_generator(self, request_id: str) -> None:
         with self._lock:
@@ -579,75 +578,6 @@ class Session:
         if pending is not None and self._channel is not None and not self._closed:
             self._channel.send(p.make_cancel(request_id))
             self._finish(pending)
-
-
-class RemoteGenerator(Iterator[Any]):
-    """Iterates a generator running on the worker; each item is fetched as you iterate."""
-
-    def __init__(
-        self, session: Session, request_id: str, timeout: float | None, output: OutputHandler
-    ) -> None:
-        self._session = session
-        self._id = request_id
-        self._timeout = timeout
-        self._output = output
-        self._done = False
-        self.value: Any = None
-
-    def __iter__(self) -> RemoteGenerator:
-        return self
-
-    def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration(self.value)
-        try:
-            more, value = self._session._generator_step(self._id, self._timeout, self._output)
-        except BaseException:
-            self._done = True
-            raise
-        if more:
-            return value
-        self._done = True
-        self.value = value
-        raise StopIteration(value)
-
-    def close(self) -> None:
-        if not self._done:
-            self._done = True
-            self._session._close_generator(self._id)
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-def _load(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
-    nbuf = int(header.get("nb") or 0)
-    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]]
-    return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer, buffers)
-
-
-def _result(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
-    raise_for_reply(header, payload)
-    return _load(header, payload)
-
-
-def _cell_reply(header: dict[str, Any], payload: list[zmq.Frame]) -> dict[str, Any]:
-    if header.get("t") == p.REPLY and payload and "error" not in header:
-        return dict(p.parse_json_frame(payload[0]))
-    raise_for_reply(header, payload)
-    return dict(p.parse_json_frame(payload[0]))
-
-
-def _refusal_error(error: dict[str, Any]) -> Exception:
-    code, message = error.get("code"), error.get("message", "refused")
-    if code == p.E_AUTH_UNAVAILABLE:
-        return AuthUnavailable(message)
-    if code in (p.E_AUTH_FAILED, p.E_FORBIDDEN):
-        return AuthError(message)
-    return ConnectionLost(f"the broker refused the session: {message}")
 
 
 def _print_progress(message: str) -> None:
