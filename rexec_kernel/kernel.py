@@ -128,6 +128,7 @@ class RexecKernel(Kernel):
                     store_history=store_history,
                     timeout=self.cell_timeout,
                     output=relay,
+                    user_expressions=user_expressions or None,
                 )
             except KeyboardInterrupt:
                 return self._failed(relay, send, "KeyboardInterrupt", INTERRUPTED)

@@ -514,6 +514,7 @@ class Session:
         store_history: bool = True,
         timeout: float | None = None,
         output: OutputHandler | None = None,
+        user_expressions: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run a cell in the worker's namespace; return the Jupyter execute_reply content."""
         handler = output or ConsoleOutput()
@@ -522,7 +523,10 @@ class Session:
             return p.make_request(
                 request_id,
                 p.OP_EXECUTE,
-                [code.encode()],
+                [
+                    code.encode(),
+                    *([p.make_json_frame(user_expressions)] if user_expressions else []),
+                ],
                 silent=silent or None,
                 store_history=store_history,
             )

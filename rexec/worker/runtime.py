@@ -207,6 +207,8 @@ class Worker:
             )
         elif op == p.OP_EXECUTE:
             code = payload[0].bytes.decode("utf-8", "replace") if payload else ""
+            if len(payload) > 1:
+                header = {**header, "user_expressions": p.parse_json_frame(payload[1])}
             self._cells.put((ctx, header, code))
         elif op in (p.OP_COMPLETE, p.OP_INSPECT):
             self._pool.submit(self._guarded, ctx, self._introspect, header, payload)
@@ -260,6 +262,7 @@ class Worker:
                         code,
                         silent=bool(header.get("silent", False)),
                         store_history=bool(header.get("store_history", True)),
+                        user_expressions=_expressions(header),
                     )
         except KeyboardInterrupt:
             content = {"status": "aborted", "execution_count": self._shell.execution_count}
@@ -289,3 +292,10 @@ class Worker:
             self._interrupt_pending = False
             return  # the cell finished before the interrupt landed
         self.stop()
+
+
+def _expressions(header: dict[str, Any]) -> dict[str, str] | None:
+    given = header.get("user_expressions")
+    if not isinstance(given, dict):
+        return None
+    return {str(name): str(code) for name, code in given.items()}

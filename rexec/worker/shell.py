@@ -95,13 +95,28 @@ def create_shell() -> WorkerShell:
     return WorkerShell.instance(config=config)
 
 
-def execute(shell: WorkerShell, code: str, silent: bool, store_history: bool) -> dict[str, Any]:
-    """Run a cell; return the Jupyter execute_reply content."""
+def execute(
+    shell: WorkerShell,
+    code: str,
+    silent: bool,
+    store_history: bool,
+    user_expressions: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a cell; return the Jupyter execute_reply content.
+
+    ``user_expressions`` are evaluated after a successful cell, as a Jupyter kernel does.
+    """
     shell.last_error = None
     result = shell.run_cell(code, store_history=store_history, silent=silent)
     count = result.execution_count if result.execution_count is not None else shell.execution_count
     if result.success:
-        return {"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []}
+        expressions = shell.user_expressions(user_expressions) if user_expressions else {}
+        return {
+            "status": "ok",
+            "execution_count": count,
+            "user_expressions": expressions,
+            "payload": [],
+        }
     error = shell.last_error or {
         "ename": type(result.error_in_exec or result.error_before_exec).__name__,
         "evalue": str(result.error_in_exec or result.error_before_exec),

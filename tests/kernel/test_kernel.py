@@ -240,3 +240,14 @@ def test_without_a_stack_cells_fail_with_the_fix(local_stack, tmp_path):
         assert [m["msg_type"] for m in outputs] == ["error"]
     finally:
         stop_kernel(km, kc)
+
+
+def test_user_expressions_are_evaluated_remotely(kc):
+    run_cell(kc, "remote_value = 20")
+    msg_id = kc.execute("remote_value += 1", user_expressions={"doubled": "remote_value * 2"})
+    reply = kc.get_shell_msg(timeout=60)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=60)
+    expressions = reply["content"]["user_expressions"]
+    assert expressions["doubled"]["status"] == "ok"
+    assert expressions["doubled"]["data"]["text/plain"] == "42"
