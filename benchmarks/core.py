@@ -23,12 +23,8 @@ from contextlib import contextmanager
 import numpy as np
 import zmq
 
+from benchmarks.report import percentile, print_table
 from rexec.localstack import StackOptions, free_port, start_stack
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 @contextmanager
@@ -154,13 +150,11 @@ def main() -> None:
     raw_bw = megabytes / statistics.median(raw["bandwidth"])
     our_bw = megabytes / statistics.median(ours["bandwidth"])
     rows.append((f"{args.mb} MB round trip MB/s", raw_bw, our_bw, our_bw / raw_bw, ">= 0.7"))
-    print(
-        f"\nRexec core benchmark ({args.calls} calls, {args.mb} MB array, {os.cpu_count()} cores)"
+    print_table(
+        f"Rexec core benchmark ({args.calls} calls, {args.mb} MB array, {os.cpu_count()} cores)",
+        "raw pyzmq",
+        rows,
     )
-    print(f"| {'metric':<28} | {'raw pyzmq':>11} | {'rexec':>11} | {'ratio':>6} | target |")
-    print(f"|{'-' * 30}|{'-' * 13}|{'-' * 13}|{'-' * 8}|--------|")
-    for name, floor, value, ratio, target in rows:
-        print(f"| {name:<28} | {floor:>11.1f} | {value:>11.1f} | {ratio:>6.2f} | {target:<6} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
-from benchmarks.core import percentile
+from benchmarks.report import percentile, print_table
 from rexec.localstack import StackOptions, start_stack
 from rexec_kernel.kernelspec import KERNEL_NAME, write_kernel_spec
 
@@ -127,14 +127,13 @@ def main() -> None:
         a = statistics.median(percentile(r, q) for r in local["print"]) * 1e3
         b = statistics.median(percentile(r, q) for r in ours["print"]) * 1e3
         rows.append((f"print->visible {label} (ms)", a, b, b / a, "<= 20 ms" if q == 99 else ""))
-    print(
-        f"\nRexec kernel benchmark ({args.cells} cells, {args.prints} prints, "
-        f"{os.cpu_count()} cores)"
+    print_table(
+        f"Rexec kernel benchmark ({args.cells} cells, {args.prints} prints, "
+        f"{os.cpu_count()} cores)",
+        "ipykernel",
+        rows,
+        digits=2,
     )
-    print(f"| {'metric':<34} | {'ipykernel':>10} | {'rexec':>10} | {'ratio':>6} | target   |")
-    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 12}|{'-' * 8}|----------|")
-    for name, floor, value, ratio, target in rows:
-        print(f"| {name:<34} | {floor:>10.2f} | {value:>10.2f} | {ratio:>6.2f} | {target:<8} |")
 
 
 if __name__ == "__main__":
