@@ -51,8 +51,9 @@ READY = "ready"
 DISCONNECTED = "disconnected"
 REFUSED = "refused"
 UNRESPONSIVE = "unresponsive"
-SAFETY_POLL_MS = 100
+SAFETY_POLL_MS = 50
 FULL_SOCKET_POLL_MS = 5
+CALLER_SLICE = 0.01
 HANDSHAKE_FAILED = "handshake_failed"
 
 
@@ -96,6 +97,11 @@ class BrokerChannel:
         self._ready = False
         self._connected = False
         self._sock: zmq.Socket | None = None
+        # Who reads the socket: the I/O thread, or a thread waiting for its own reply.
+        self._receiver = threading.Lock()
+        self._caller_receiving = False
+        self._caller_waker = Waker()
+        self._fd = -1
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -171,9 +177,13 @@ class BrokerChannel:
             self._outbox.append(frames)
             return True
         self._last_sent = time.monotonic()
-        # Sending may consume the notification fd's edge for an arrived message; the I/O
-        # thread only notices through ZMQ_EVENTS, so wake it when something is readable.
-        return readable(sock)
+        # Sending may consume the notification fd's edge for an arrived message; the reader
+        # only notices through ZMQ_EVENTS, so wake it when something is readable.
+        if readable(sock):
+            if self._caller_receiving:
+                self._caller_waker.wake()
+            return True
+        return False
 
     def _receive_locked(self, sock: zmq.Socket) -> list[list[zmq.Frame]]:
         received: list[list[zmq.Frame]] = []
@@ -220,11 +230,16 @@ class BrokerChannel:
         # Poll libzmq's notification fd, not the socket: waiting on the fd never touches the
         # socket, so other threads may send on it (under the lock) meanwhile.
         poller = zmq.Poller()
-        poller.register(sock.getsockopt(zmq.FD), zmq.POLLIN)
+        self._fd = int(sock.getsockopt(zmq.FD))
+        poller.register(self._fd, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._waker, zmq.POLLIN)
+        # While a caller reads the socket, the I/O thread waits on everything but its fd.
+        quiet = zmq.Poller()
+        quiet.register(monitor, zmq.POLLIN)
+        quiet.register(self._waker, zmq.POLLIN)
         try:
-            self._loop(sock, monitor, poller)
+            self._loop(sock, monitor, poller, quiet)
         except Exception:
             log.exception("broker channel I/O thread failed")
             self._on_event(DISCONNECTED, None)
@@ -235,12 +250,22 @@ class BrokerChannel:
             sock.close(linger=0)
             context.term()
             self._waker.close()
+            self._caller_waker.close()
 
-    def _loop(self, sock: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller) -> None:
+    def _loop(
+        self, sock: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller, quiet: zmq.Poller
+    ) -> None:
         while not self._closing.is_set():
-            with self._lock:
-                received = self._receive_locked(sock)
-                flushed = self._flush_locked(sock)
+            received = []
+            reading = self._receiver.acquire(blocking=False)
+            try:
+                with self._lock:
+                    if reading:
+                        received = self._receive_locked(sock)
+                    flushed = self._flush_locked(sock)
+            finally:
+                if reading:
+                    self._receiver.release()
             if received:
                 self._last_received = time.monotonic()
                 for frames in received:
@@ -249,11 +274,56 @@ class BrokerChannel:
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
-            events = dict(poller.poll(timeout_ms))
+            events = dict((quiet if self._caller_receiving else poller).poll(timeout_ms))
             if monitor in events:
                 self._handle_monitor(read_monitor_events(monitor))
             if self._waker.fileno() in events:
                 self._waker.drain()
+
+    def receive_until(
+        self, done: Callable[[], bool], timeout: float, others_waiting: Callable[[], bool]
+    ) -> bool:
+        """Read the socket on the calling thread until ``done()`` or ``timeout`` seconds.
+
+        A thread waiting for its own reply reads it itself instead of waiting for the I/O
+        thread to hand it over; messages for other requests are dispatched as usual. Returns
+        False at once if another thread is reading (then wait for the hand-over instead).
+        ``others_waiting()`` tells, when this thread stops reading, whether the I/O thread
+        must take over at once; otherwise it does within its idle poll interval.
+        """
+        if self._fd < 0 or not self._receiver.acquire(blocking=False):
+            return False
+        self._caller_receiving = True
+        poller = zmq.Poller()
+        poller.register(self._fd, zmq.POLLIN)
+        poller.register(self._caller_waker, zmq.POLLIN)
+        end = time.monotonic() + timeout
+        try:
+            while not done():
+                with self._lock:
+                    sock = self._sock
+                    received = self._receive_locked(sock) if sock is not None else []
+                if sock is None:
+                    return True
+                if received:
+                    self._last_received = time.monotonic()
+                    for frames in received:
+                        self._handle(frames)
+                    continue
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Short slices: a notification edge consumed by another thread's send is
+                # noticed through the caller waker, or at worst at the next slice.
+                events = dict(poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1))
+                if self._caller_waker.fileno() in events:
+                    self._caller_waker.drain()
+        finally:
+            self._caller_receiving = False
+            self._receiver.release()
+            if others_waiting():
+                self._waker.wake()  # the I/O thread reads the socket again
+        return True
 
     def _handle_monitor(self, events: list[int]) -> None:
         for event in events:

@@ -292,18 +292,43 @@ class Session:
         """Wait for the next item or reply of ``pending``, handing outputs to ``output``."""
         while True:
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            try:
-                header, payload = pending.events.get(timeout=wait)
-            except queue.Empty:
+            item = self._take(pending, wait)
+            if item is None:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise CallTimeout("the request did not finish before its deadline") from None
+                    raise CallTimeout("the request did not finish before its deadline")
                 if self._closed:
-                    raise ConnectionLost("the session was closed") from None
+                    raise ConnectionLost("the session was closed")
                 continue
+            header, payload = item
             if header["t"] == p.OUTPUT:
                 output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
                 continue
             return header, payload
+
+    def _take(
+        self, pending: _Pending, wait: float
+    ) -> tuple[dict[str, Any], list[zmq.Frame]] | None:
+        """The next message for ``pending`` within ``wait`` seconds, or None.
+
+        When no other thread is reading the socket, this thread reads it itself, so a reply
+        does not wait for the I/O thread to wake up and hand it over.
+        """
+        try:
+            return pending.events.get_nowait()
+        except queue.Empty:
+            pass
+        channel = self._channel
+        if channel is not None and channel.receive_until(
+            lambda: not pending.events.empty(), wait, lambda: len(self._pending) > 1
+        ):
+            try:
+                return pending.events.get_nowait()
+            except queue.Empty:
+                return None
+        try:
+            return pending.events.get(timeout=wait)
+        except queue.Empty:
+            return None
 
     def _interrupt(self, pending: _Pending, output: OutputHandler) -> None:
         """Cancel a request on the worker and wait briefly for it to stop."""
