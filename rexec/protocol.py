@@ -53,7 +53,6 @@ REPLY: Final = "reply"  # worker or broker -> client: the terminal message of re
 CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, REQUEST, NEXT, CANCEL})
 WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, OUTPUT, ITEM, REPLY})
 ROUTED_REQUEST_FOLLOWUPS: Final = frozenset({NEXT, CANCEL})
-ROUTED_RESPONSES: Final = frozenset({OUTPUT, ITEM, REPLY})
 
 # Request operations (the ``op`` of a REQUEST). The broker does not look at them.
 OP_CALL: Final = "call"  # run a function: payload = [function?] + packed (args, kwargs)

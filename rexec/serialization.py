@@ -30,7 +30,6 @@ import dill
 
 SER_PICKLE: Final = "pickle"
 SER_DILL: Final = "dill"
-SERIALIZERS: Final = frozenset({SER_PICKLE, SER_DILL})
 
 # Buffers smaller than this stay in the pickle stream: a frame per tiny buffer costs more than
 # copying it.

@@ -156,10 +156,6 @@ def load_curve_secret(path: Path) -> bytes:
         raise ConfigError(f"cannot read the CurveZMQ secret key {path}: {exc.strerror}") from exc
 
 
-def public_key_of(secret: bytes) -> str:
-    return zmq.curve_public(secret).decode()
-
-
 class Waker:
     """A self-pipe other threads write to so a poll loop wakes up."""
 

@@ -277,10 +277,8 @@ class Broker:
             self._fail_request(rid, request_id, target.code, target.message)
             return
         self._maybe_revalidate(self.table.clients[rid])
-        delivered = self._to_worker(target.rid, rid, frames)
-        if not delivered and self.table.followup_target(rid, request_id):
-            self.table.finish_request((rid, request_id))
-            self._fail_request(rid, request_id, p.E_BUSY, "the worker is not accepting work")
+        # If the worker's connection is gone, dropping it has already failed this request.
+        self._to_worker(target.rid, rid, frames)
 
     def _client_followup(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
         request_id = header.get("id")
