@@ -101,7 +101,8 @@ class BrokerChannel:
         self._receiver = threading.Lock()
         self._caller_receiving = False
         self._caller_waker = Waker()
-        self._fd = -1
+        # Polled only by the thread holding ``_receiver``: the socket's fd and the caller waker.
+        self._caller_poller: zmq.Poller | None = None
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -230,8 +231,12 @@ class BrokerChannel:
         # Poll libzmq's notification fd, not the socket: waiting on the fd never touches the
         # socket, so other threads may send on it (under the lock) meanwhile.
         poller = zmq.Poller()
-        self._fd = int(sock.getsockopt(zmq.FD))
-        poller.register(self._fd, zmq.POLLIN)
+        fd = int(sock.getsockopt(zmq.FD))
+        caller_poller = zmq.Poller()
+        caller_poller.register(fd, zmq.POLLIN)
+        caller_poller.register(self._caller_waker, zmq.POLLIN)
+        self._caller_poller = caller_poller
+        poller.register(fd, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._waker, zmq.POLLIN)
         # While a caller reads the socket, the I/O thread waits on everything but its fd.
@@ -291,12 +296,10 @@ class BrokerChannel:
         ``others_waiting()`` tells, when this thread stops reading, whether the I/O thread
         must take over at once; otherwise it does within its idle poll interval.
         """
-        if self._fd < 0 or not self._receiver.acquire(blocking=False):
+        poller = self._caller_poller
+        if poller is None or not self._receiver.acquire(blocking=False):
             return False
         self._caller_receiving = True
-        poller = zmq.Poller()
-        poller.register(self._fd, zmq.POLLIN)
-        poller.register(self._caller_waker, zmq.POLLIN)
         end = time.monotonic() + timeout
         try:
             while not done():
