@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rexec_spawner.backends.base import ProgressEvent, WorkerBackend, WorkerRecord, WorkerState
+from rexec_spawner.backends.base import (
+    EnvironmentSpec,
+    ProgressEvent,
+    WorkerBackend,
+    WorkerRecord,
+    WorkerState,
+)
 
 if TYPE_CHECKING:
     from rexec_spawner.config import SpawnerSettings
 
-__all__ = ["ProgressEvent", "WorkerBackend", "WorkerRecord", "WorkerState", "make_backend"]
+__all__ = [
+    "EnvironmentSpec",
+    "ProgressEvent",
+    "WorkerBackend",
+    "WorkerRecord",
+    "WorkerState",
+    "make_backend",
+]
 
 
 def make_backend(settings: SpawnerSettings, signing_key: bytes) -> WorkerBackend:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -49,6 +50,25 @@ class WorkerRecord:
         return self.state in ACTIVE_STATES
 
 
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """A validated worker environment: the requirement strings as written, and their id.
+
+    ``env_id`` is computed by ``rexec.requirements`` from the normalized requirements and the
+    worker's Python version; the worker recomputes it and never trusts it blindly.
+    """
+
+    env_id: str
+    requirements: tuple[str, ...]
+
+    def worker_variables(self) -> dict[str, str]:
+        """The environment variables every worker started with this environment receives."""
+        return {
+            "REXEC_ENV_ID": self.env_id,
+            "REXEC_ENV_REQUIREMENTS": json.dumps(list(self.requirements)),
+        }
+
+
 def check_worker_name(name: str) -> None:
     if not valid_worker_name(name):
         raise SpawnError(f"invalid worker name {name[:40]!r}: {WORKER_NAME_RULE}")
@@ -79,3 +99,18 @@ class WorkerBackend(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop every worker this backend started. Called once, at shutdown."""
+
+    async def set_environment(
+        self, user: str, name: str, environment: EnvironmentSpec | None
+    ) -> None:
+        """Remember the environment of the user's worker ``name`` (None: the base environment).
+
+        Persisted outside memory, so a restarted spawner still knows it; every worker started
+        for ``(user, name)`` afterwards gets :meth:`EnvironmentSpec.worker_variables`. Does not
+        restart a running worker: the client switches it over the broker.
+        """
+        raise SpawnError(f"the {type(self).__name__} backend does not keep environments")
+
+    async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
+        """The environment remembered for the user's worker ``name``, or None."""
+        return None
