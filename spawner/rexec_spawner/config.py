@@ -14,11 +14,49 @@
 ``REXEC_BROKER_PUBLIC_KEY``       the broker's CurveZMQ public key (Z85); turns encryption on
 ``REXEC_SPAWNER_DATA_DIR``        worker directories, logs, credentials
                                   (default ``$REXEC_HOME/stack``)
-``REXEC_SPAWNER_BACKEND``         where workers run: ``local`` (default)
+``REXEC_SPAWNER_BACKEND``         where workers run: ``local`` (default) or ``kubernetes``
 ``REXEC_WORKER_READY_TIMEOUT``    seconds a new worker has to reach the broker (default 60)
-``REXEC_WORKER_COMMAND``          command that starts a worker, split like a shell would but
-                                  never run by one (default ``<python> -m rexec worker``)
+``REXEC_WORKER_COMMAND``          command that starts a local worker, split like a shell would
+                                  but never run by one (default ``<python> -m rexec worker``)
+``REXEC_BROKER_INTERNAL_URL``     the broker frontend as the spawner reaches it, for worker
+                                  activity queries (default: ``REXEC_BROKER_URL``)
+``REXEC_IDLE_TIMEOUT``            seconds a worker may stay idle (no request in flight, none
+                                  for that long) before it is deleted; ``0`` = never (default)
+``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
 ================================  ==========================================================
+
+Kubernetes backend (``REXEC_SPAWNER_BACKEND=kubernetes``), read into :class:`KubernetesSettings`:
+
+=================================  =========================================================
+``REXEC_K8S_KUBECONFIG``           kubeconfig file; unset: the pod's service account when
+                                   running in a cluster, else ``$KUBECONFIG``/``~/.kube/config``
+``REXEC_K8S_RELEASE``              names this spawner's objects (label ``rexec.dev/release``),
+                                   so two releases in one cluster never adopt each other's
+                                   (default ``rexec``)
+``REXEC_K8S_NAMESPACE_PREFIX``     prefix of the per-user namespaces (default ``rexec-u-``)
+``REXEC_K8S_WORKER_IMAGE``         worker image (default ``rexec-worker:latest``)
+``REXEC_K8S_IMAGE_PULL_POLICY``    ``IfNotPresent`` (default), ``Always`` or ``Never``
+``REXEC_K8S_WORKER_COMMAND``       worker container command, split like a shell would
+                                   (default ``python -m rexec worker``)
+``REXEC_K8S_RUN_AS_USER``          uid (and gid) of the worker container (default 1000)
+``REXEC_K8S_CPU_REQUEST``          CPU request of the ``default`` profile (default ``100m``)
+``REXEC_K8S_CPU_LIMIT``            CPU limit of the ``default`` profile (default ``1``)
+``REXEC_K8S_MEMORY_REQUEST``       memory request of the ``default`` profile (``256Mi``)
+``REXEC_K8S_MEMORY_LIMIT``         memory limit of the ``default`` profile (``1Gi``)
+``REXEC_K8S_PROFILES``             JSON: more named profiles, e.g. ``{"large": {"cpu_request":
+                                   "2", "cpu_limit": "4", "memory_request": "8Gi",
+                                   "memory_limit": "8Gi"}}`` (missing keys: the default's)
+``REXEC_K8S_PROFILE``              the profile workers get (default ``default``)
+``REXEC_K8S_NODE_SELECTOR``        JSON object: nodeSelector of worker pods (default none)
+``REXEC_K8S_BROKER_NAMESPACE``     namespace of the broker pods; with the next one, narrows
+                                   worker egress to those pods (default: any destination on
+                                   the broker backend port)
+``REXEC_K8S_BROKER_POD_LABELS``    labels of the broker pods, ``key=value,key=value``
+``REXEC_K8S_PACKAGE_INDEX_CIDRS``  comma-separated CIDRs workers may reach on TCP 443 to
+                                   install environments (e.g. ``0.0.0.0/0``); empty (default):
+                                   no egress besides the broker and DNS
+``REXEC_K8S_ENV_VOLUME_SIZE``      size limit of the emptyDir holding environments (``4Gi``)
+=================================  =========================================================
 
 Identity settings (``AUTH_API_URL``, ``REXEC_TOKEN_FILE``, ...) are read by
 :meth:`rexec.auth.AuthSettings.from_env`.
@@ -26,7 +64,9 @@ Identity settings (``AUTH_API_URL``, ``REXEC_TOKEN_FILE``, ...) are read by
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -38,7 +78,7 @@ from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
 from rexec.profile import rexec_home
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "kubernetes")
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5559"
 DEFAULT_BROKER_BACKEND_URL = "tcp://127.0.0.1:5560"
 SIGNING_KEY_NAME = "signing.key"
@@ -50,6 +90,140 @@ def default_data_dir() -> Path:
 
 def default_worker_command() -> tuple[str, ...]:
     return (sys.executable, "-m", "rexec", "worker")
+
+
+PULL_POLICIES = ("IfNotPresent", "Always", "Never")
+PROFILE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class ResourceProfile:
+    """CPU and memory requests and limits of a worker pod, as Kubernetes quantities."""
+
+    cpu_request: str = "100m"
+    cpu_limit: str = "1"
+    memory_request: str = "256Mi"
+    memory_limit: str = "1Gi"
+
+    def __post_init__(self) -> None:
+        for key in PROFILE_KEYS:
+            value = getattr(self, key)
+            if not isinstance(value, str) or not _QUANTITY.match(value):
+                raise ConfigError(
+                    f"{key} {value!r} is not a Kubernetes quantity; write e.g. '500m', '2', '1Gi'"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
+class KubernetesSettings:
+    """Settings of the Kubernetes backend (``REXEC_K8S_*``, see the module docstring)."""
+
+    kubeconfig: Path | None = None
+    release: str = "rexec"
+    namespace_prefix: str = "rexec-u-"
+    worker_image: str = "rexec-worker:latest"
+    image_pull_policy: str = "IfNotPresent"
+    worker_command: tuple[str, ...] = ("python", "-m", "rexec", "worker")
+    run_as_user: int = 1000
+    profiles: Mapping[str, ResourceProfile] = field(
+        default_factory=lambda: {"default": ResourceProfile()}
+    )
+    profile: str = "default"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    broker_namespace: str | None = None
+    broker_pod_labels: Mapping[str, str] = field(default_factory=dict)
+    package_index_cidrs: tuple[str, ...] = ()
+    env_volume_size: str = "4Gi"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "worker_command", tuple(self.worker_command))
+        object.__setattr__(self, "package_index_cidrs", tuple(self.package_index_cidrs))
+        if self.kubeconfig is not None:
+            object.__setattr__(self, "kubeconfig", Path(self.kubeconfig).expanduser())
+        if not _DNS_LABEL.match(self.release) or len(self.release) > 40:
+            raise ConfigError(
+                f"REXEC_K8S_RELEASE {self.release!r} must be 1-40 lowercase letters, digits, '-'"
+            )
+        prefix = self.namespace_prefix
+        if not re.match(r"^[a-z][-a-z0-9]{0,19}$", prefix):
+            raise ConfigError(
+                f"REXEC_K8S_NAMESPACE_PREFIX {prefix!r} must start with a letter and hold at "
+                "most 20 lowercase letters, digits and '-' (e.g. 'rexec-u-')"
+            )
+        if self.image_pull_policy not in PULL_POLICIES:
+            raise ConfigError(
+                f"REXEC_K8S_IMAGE_PULL_POLICY {self.image_pull_policy!r}: use one of "
+                + ", ".join(PULL_POLICIES)
+            )
+        if not self.worker_image.strip():
+            raise ConfigError("REXEC_K8S_WORKER_IMAGE is empty; name the worker image")
+        if not self.worker_command:
+            raise ConfigError("REXEC_K8S_WORKER_COMMAND is empty; unset it for the default")
+        if self.run_as_user <= 0:
+            raise ConfigError("REXEC_K8S_RUN_AS_USER must be a non-root uid (> 0)")
+        if self.profile not in self.profiles:
+            raise ConfigError(
+                f"REXEC_K8S_PROFILE {self.profile!r} is not defined; known profiles: "
+                + ", ".join(sorted(self.profiles))
+            )
+        if bool(self.broker_namespace) != bool(self.broker_pod_labels):
+            raise ConfigError(
+                "set both REXEC_K8S_BROKER_NAMESPACE and REXEC_K8S_BROKER_POD_LABELS, or neither"
+            )
+        if not _QUANTITY.match(self.env_volume_size):
+            raise ConfigError(f"REXEC_K8S_ENV_VOLUME_SIZE {self.env_volume_size!r} is not a size")
+
+    @property
+    def worker_profile(self) -> ResourceProfile:
+        return self.profiles[self.profile]
+
+    @classmethod
+    def from_env(cls, source: Mapping[str, str]) -> KubernetesSettings:
+        def text(name: str) -> str | None:
+            value = source.get(name, "").strip()
+            return value or None
+
+        default = ResourceProfile(
+            **{
+                key: value
+                for key in PROFILE_KEYS
+                if (value := text(f"REXEC_K8S_{key.upper()}")) is not None
+            }
+        )
+        profiles = {"default": default}
+        for name, given in _json_object(text("REXEC_K8S_PROFILES"), "REXEC_K8S_PROFILES").items():
+            if not isinstance(given, dict) or set(given) - set(PROFILE_KEYS):
+                raise ConfigError(
+                    f"REXEC_K8S_PROFILES[{name!r}] must be an object with keys among "
+                    + ", ".join(PROFILE_KEYS)
+                )
+            profiles[name] = ResourceProfile(**{**default.__dict__, **given})
+        node_selector = _json_object(text("REXEC_K8S_NODE_SELECTOR"), "REXEC_K8S_NODE_SELECTOR")
+        values: dict[str, Any] = {
+            "kubeconfig": _path(text("REXEC_K8S_KUBECONFIG")),
+            "release": text("REXEC_K8S_RELEASE"),
+            "namespace_prefix": text("REXEC_K8S_NAMESPACE_PREFIX"),
+            "worker_image": text("REXEC_K8S_WORKER_IMAGE"),
+            "image_pull_policy": text("REXEC_K8S_IMAGE_PULL_POLICY"),
+            "worker_command": _command(
+                text("REXEC_K8S_WORKER_COMMAND"), "REXEC_K8S_WORKER_COMMAND"
+            ),
+            "run_as_user": _number(text("REXEC_K8S_RUN_AS_USER"), "REXEC_K8S_RUN_AS_USER", int),
+            "profiles": profiles,
+            "profile": text("REXEC_K8S_PROFILE"),
+            "node_selector": {str(k): str(v) for k, v in node_selector.items()},
+            "broker_namespace": text("REXEC_K8S_BROKER_NAMESPACE"),
+            "broker_pod_labels": _labels(text("REXEC_K8S_BROKER_POD_LABELS")),
+            "package_index_cidrs": tuple(
+                part.strip()
+                for part in (text("REXEC_K8S_PACKAGE_INDEX_CIDRS") or "").split(",")
+                if part.strip()
+            ),
+            "env_volume_size": text("REXEC_K8S_ENV_VOLUME_SIZE"),
+        }
+        return cls(**{key: value for key, value in values.items() if value is not None})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +241,10 @@ class SpawnerSettings:
     backend: str = "local"
     worker_ready_timeout: float = 60.0
     worker_command: tuple[str, ...] = field(default_factory=default_worker_command)
+    broker_internal_url: str | None = None
+    idle_timeout: float = 0.0
+    cull_interval: float = 60.0
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signing_key_path", Path(self.signing_key_path).expanduser())
@@ -82,12 +260,22 @@ class SpawnerSettings:
             raise ConfigError("the worker ready timeout must be a positive number of seconds")
         if not self.worker_command:
             raise ConfigError("the worker command is empty; set REXEC_WORKER_COMMAND or unset it")
+        if self.idle_timeout < 0:
+            raise ConfigError("REXEC_IDLE_TIMEOUT must be 0 (never cull) or a number of seconds")
+        if self.cull_interval <= 0:
+            raise ConfigError("REXEC_CULL_INTERVAL must be a positive number of seconds")
         for url, name in (
             (self.broker_url, "broker URL"),
             (self.broker_backend_url, "broker backend URL"),
+            (self.activity_url, "broker internal URL"),
         ):
             if not url.startswith(("tcp://", "ipc://")):
                 raise ConfigError(f"{name} {url!r} must look like tcp://host:port")
+
+    @property
+    def activity_url(self) -> str:
+        """The broker frontend address the spawner uses for its own queries."""
+        return self.broker_internal_url or self.broker_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SpawnerSettings:
@@ -114,7 +302,14 @@ class SpawnerSettings:
                 text("REXEC_WORKER_READY_TIMEOUT"), "REXEC_WORKER_READY_TIMEOUT", float
             ),
             "worker_command": _command(text("REXEC_WORKER_COMMAND")),
+            "broker_internal_url": text("REXEC_BROKER_INTERNAL_URL"),
+            "idle_timeout": _number(text("REXEC_IDLE_TIMEOUT"), "REXEC_IDLE_TIMEOUT", float),
+            "cull_interval": _number(text("REXEC_CULL_INTERVAL"), "REXEC_CULL_INTERVAL", float),
         }
+        # Read only for the backend that uses them, so a stray REXEC_K8S_* never breaks local.
+        backend = overrides.get("backend") or text("REXEC_SPAWNER_BACKEND")
+        if backend == "kubernetes" and "kubernetes" not in overrides:
+            values["kubernetes"] = KubernetesSettings.from_env(source)
         values.update(overrides)
         given = {key: value for key, value in values.items() if value is not None}
         if "auth" not in given:
@@ -137,10 +332,34 @@ def _number(value: str | None, name: str, kind: type[int] | type[float]) -> Any:
         raise ConfigError(f"{name} must be a number, not {value!r}") from None
 
 
-def _command(value: str | None) -> tuple[str, ...] | None:
+def _command(value: str | None, name: str = "REXEC_WORKER_COMMAND") -> tuple[str, ...] | None:
     if value is None:
         return None
     try:
         return tuple(shlex.split(value))
     except ValueError as exc:
-        raise ConfigError(f"REXEC_WORKER_COMMAND cannot be split into arguments: {exc}") from None
+        raise ConfigError(f"{name} cannot be split into arguments: {exc}") from None
+
+
+def _json_object(value: str | None, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a JSON object: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f'{name} must be a JSON object, like {{"key": "value"}}')
+    return parsed
+
+
+def _labels(value: str | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    labels: dict[str, str] = {}
+    for part in value.split(","):
+        key, sep, val = part.strip().partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"REXEC_K8S_BROKER_POD_LABELS part {part!r} must look like key=value")
+        labels[key.strip()] = val.strip()
+    return labels
