@@ -59,6 +59,7 @@ OP_CALL: Final = "call"  # run a function: payload = [function?] + packed (args,
 OP_EXECUTE: Final = "execute"  # run a cell: payload = [source code]
 OP_COMPLETE: Final = "complete"  # complete code at a cursor: payload = [json content]
 OP_INSPECT: Final = "inspect"  # inspect an object at a cursor: payload = [json content]
+OP_ENVIRONMENT: Final = "environment"  # switch the worker's environment: payload = [json spec]
 
 # Reply statuses.
 STATUS_OK: Final = "ok"
@@ -81,6 +82,7 @@ E_UNKNOWN_REQUEST: Final = "unknown_request"
 E_DESERIALIZE: Final = "deserialize"
 E_EXCEPTION: Final = "exception"
 E_REPLACED: Final = "replaced"
+E_ENVIRONMENT: Final = "environment"  # the requested environment could not be built
 
 NO_TAG: Final = b""
 WORKER_NAME_PATTERN: Final = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
