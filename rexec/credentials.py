@@ -5,6 +5,11 @@ the broker verifies it when the worker registers and binds the connection to tha
 Verification needs no call to the spawner, so a restarted broker accepts re-registering workers.
 
 Format: ``rxw1.<base64url(json claims)>.<base64url(hmac-sha256)>``.
+
+A second kind, the *service credential* (``rxs1...``), lets the spawner ask the broker about
+its workers (the activity query). It is signed with the same key but over a different prefix,
+always expires within minutes, and names a role instead of a user: a service credential is
+never accepted as a worker's, and a worker credential never as a service's.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from pathlib import Path
 from rexec.errors import AuthError, ConfigError
 
 _PREFIX = "rxw1"
+_SERVICE_PREFIX = "rxs1"
 KEY_BYTES = 32
+SERVICE_ROLES = frozenset({"spawner"})
+MAX_SERVICE_TTL = 3600.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,61 @@ def verify_worker_credential(key: bytes, credential: str, now: float | None = No
         instance=str(claims.get("i", "")),
         issued_at=float(claims.get("iat", 0)),
         expires_at=None if expires is None else float(expires),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceClaims:
+    role: str
+    issued_at: float
+    expires_at: float
+
+
+def make_service_credential(
+    key: bytes, role: str = "spawner", ttl: float = 300.0, now: float | None = None
+) -> str:
+    """Sign a short-lived credential for a Rexec service (``role``), not for any user."""
+    if role not in SERVICE_ROLES:
+        raise ValueError(f"unknown service role {role!r}")
+    if not 0 < ttl <= MAX_SERVICE_TTL:
+        raise ValueError(f"a service credential lives 0-{MAX_SERVICE_TTL:g} s, not {ttl!r}")
+    issued = time.time() if now is None else now
+    claims = {"r": role, "n": secrets.token_hex(8), "iat": int(issued), "exp": int(issued + ttl)}
+    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = _b64(hmac.new(key, f"{_SERVICE_PREFIX}.{body}".encode(), sha256).digest())
+    return f"{_SERVICE_PREFIX}.{body}.{signature}"
+
+
+def verify_service_credential(
+    key: bytes, credential: object, now: float | None = None
+) -> ServiceClaims:
+    """Return the claims of a valid, unexpired service credential; raise ``AuthError`` otherwise."""
+    if not isinstance(credential, str) or len(credential) > 1024:
+        raise AuthError("service credential is malformed")
+    parts = credential.split(".")
+    if len(parts) != 3 or parts[0] != _SERVICE_PREFIX:
+        raise AuthError("service credential is malformed")
+    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), sha256).digest()
+    try:
+        given = _unb64(parts[2])
+    except (ValueError, TypeError) as exc:
+        raise AuthError("service credential is malformed") from exc
+    if not hmac.compare_digest(expected, given):
+        raise AuthError("service credential signature is invalid (issued with another key?)")
+    try:
+        claims = json.loads(_unb64(parts[1]))
+    except (ValueError, TypeError) as exc:
+        raise AuthError("service credential is malformed") from exc
+    if not isinstance(claims, dict) or claims.get("r") not in SERVICE_ROLES:
+        raise AuthError("service credential names no known role")
+    expires = claims.get("exp")
+    if not isinstance(expires, int | float):
+        raise AuthError("service credential has no expiry")
+    current = time.time() if now is None else now
+    if current > expires:
+        raise AuthError("service credential has expired; sign a new one")
+    return ServiceClaims(
+        role=str(claims["r"]), issued_at=float(claims.get("iat", 0)), expires_at=float(expires)
     )
 
 

@@ -41,6 +41,8 @@ PING: Final = "ping"  # peer -> broker, app-level liveness of the broker and of 
 PONG: Final = "pong"  # broker -> peer
 PROBE: Final = "probe"  # broker -> peer, checks that a connection still exists; ignored
 WORKER_STATE: Final = "worker_state"  # broker -> client: the worker came online or went away
+ACTIVITY: Final = "activity"  # spawner -> broker frontend: which workers are busy (service cred.)
+ACTIVITY_REPLY: Final = "activity_reply"  # broker -> spawner: one JSON payload frame of workers
 
 # Request-level messages, routed between a client and its own user's worker.
 REQUEST: Final = "request"  # client -> worker: start request ``id`` with operation ``op``
@@ -50,7 +52,7 @@ OUTPUT: Final = "output"  # worker -> client: Jupyter output content (stream, di
 ITEM: Final = "item"  # worker -> client: a generator item, or the start marker of a generator
 REPLY: Final = "reply"  # worker or broker -> client: the terminal message of request ``id``
 
-CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, REQUEST, NEXT, CANCEL})
+CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, REQUEST, NEXT, CANCEL, ACTIVITY})
 WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, OUTPUT, ITEM, REPLY})
 ROUTED_REQUEST_FOLLOWUPS: Final = frozenset({NEXT, CANCEL})
 
@@ -195,6 +197,20 @@ def make_probe() -> list[bytes]:
 
 def make_worker_state(state: str, worker: str, info: dict[str, Any] | None) -> list[bytes]:
     return [make_header(WORKER_STATE, state=state, worker=worker, worker_info=info)]
+
+
+def make_activity_query(request_id: str, credential: str, user: str | None = None) -> list[bytes]:
+    """Ask the broker for its workers' activity (all of them, or those of ``user``)."""
+    return [make_header(ACTIVITY, id=request_id, credential=credential, user=user)]
+
+
+def make_activity_reply(
+    request_id: str, workers: list[dict[str, Any]] | None, error: dict[str, str] | None = None
+) -> list[bytes]:
+    """The answer to ``make_activity_query``: the worker list as a JSON frame, or ``error``."""
+    if error is not None:
+        return [make_header(ACTIVITY_REPLY, id=request_id, status=STATUS_ERROR, error=error)]
+    return [make_header(ACTIVITY_REPLY, id=request_id, status=STATUS_OK), make_json_frame(workers)]
 
 
 def make_request(request_id: str, op: str, payload: Sequence[Any] = (), **fields: Any) -> list[Any]:

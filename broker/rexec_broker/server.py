@@ -35,6 +35,7 @@ from rexec.transport import (
     open_monitor,
     read_monitor_events,
 )
+from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.config import BrokerSettings
 from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
 
@@ -74,6 +75,7 @@ class Broker:
             else None
         )
         self.table = RoutingTable()
+        self.activity = ActivityTracker()
         self.stats: collections.Counter[str] = collections.Counter()
         self._context = zmq.Context(io_threads=2)
         self.frontend, self.backend = (
@@ -259,6 +261,9 @@ class Broker:
             )
         elif msg_type == p.HELLO:
             self._client_hello(rid, header)
+        elif msg_type == p.ACTIVITY:
+            reply = answer_activity(header, self.table, self.activity, self._signing_key)
+            self._to_client(rid, reply)
 
     def _too_large(self, size: int) -> str:
         limit = self.settings.max_message_bytes
@@ -277,6 +282,7 @@ class Broker:
             self._fail_request(rid, request_id, target.code, target.message)
             return
         self._maybe_revalidate(self.table.clients[rid])
+        self.activity.touch(target.key)
         # If the worker's connection is gone, dropping it has already failed this request.
         self._to_worker(target.rid, rid, frames)
 
@@ -433,6 +439,8 @@ class Broker:
         if client_rid is None or not isinstance(request_id, str):
             self.stats["dropped_unrouted"] += 1
             return
+        if terminal:
+            self.activity.touch(worker.key)
         size = p.message_size(frames)
         if size > self.settings.max_message_bytes:
             if not terminal:

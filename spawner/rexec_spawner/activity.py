@@ -1,0 +1,126 @@
+"""Ask the broker which workers are registered and busy (the ``activity`` query).
+
+The spawner connects to the broker frontend like a client, but instead of a user token it
+presents a short-lived service credential signed with the shared signing key; the broker answers
+from its routing table. Backends use it to see a worker register; idle culling uses it to see
+which workers have requests in flight and since when the others have been idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from rexec import protocol as p
+from rexec.credentials import make_service_credential
+from rexec.errors import ProtocolError, SpawnError
+from rexec.transport import make_dealer
+
+CREDENTIAL_TTL = 120.0
+
+
+class ActivityUnavailable(SpawnError):
+    """The broker did not answer the activity query, or refused it."""
+
+
+@dataclass(frozen=True)
+class WorkerActivity:
+    """One registered worker as the broker sees it."""
+
+    user: str
+    worker: str
+    inflight: int
+    last_activity: float
+    idle_seconds: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight > 0
+
+
+class BrokerActivity:
+    """Queries one broker; each query uses a fresh connection, so no answer can be stale."""
+
+    def __init__(
+        self, url: str, public_key: str | None, signing_key: bytes, timeout: float = 5.0
+    ) -> None:
+        self.url = url
+        self.public_key = public_key
+        self.timeout = timeout
+        self._signing_key = signing_key
+        self._context = zmq.Context()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"BrokerActivity({self.url!r})"
+
+    def query(self, user: str | None = None) -> list[WorkerActivity]:
+        """All registered workers (of ``user``, if given); raises ``ActivityUnavailable``."""
+        request_id = secrets.token_hex(8)
+        credential = make_service_credential(self._signing_key, "spawner", CREDENTIAL_TTL)
+        with self._lock:
+            sock = make_dealer(self._context, self.public_key)
+        try:
+            sock.connect(self.url)
+            sock.send_multipart(p.make_activity_query(request_id, credential, user))
+            deadline = time.monotonic() + self.timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                    raise ActivityUnavailable(
+                        f"the broker at {self.url} did not answer the activity query within "
+                        f"{self.timeout:g} s; check REXEC_BROKER_INTERNAL_URL"
+                    )
+                frames = sock.recv_multipart()
+                rows = _parse_reply(frames, request_id)
+                if rows is not None:
+                    return rows
+        finally:
+            sock.close(linger=0)
+
+    async def fetch(self, user: str | None = None) -> list[WorkerActivity]:
+        return await asyncio.to_thread(self.query, user)
+
+    def close(self) -> None:
+        self._context.term()
+
+
+def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] | None:
+    """The rows of our reply; None for anything else (probes, other replies)."""
+    try:
+        header = p.parse_header(frames[0])
+    except (ProtocolError, IndexError) as exc:
+        raise ActivityUnavailable(f"the broker sent a malformed activity reply: {exc}") from None
+    if header["t"] == p.REFUSED:
+        error = header.get("error") or {}
+        raise ActivityUnavailable(f"the broker refused the activity query: {error.get('message')}")
+    if header["t"] != p.ACTIVITY_REPLY or header.get("id") != request_id:
+        return None
+    if header.get("status") != p.STATUS_OK:
+        error = header.get("error") or {}
+        raise ActivityUnavailable(
+            f"the broker refused the activity query ({error.get('message')}); the spawner and "
+            "the broker must share the signing key (REXEC_SIGNING_KEY_FILE)"
+        )
+    try:
+        rows = p.parse_json_frame(frames[1])
+        return [
+            WorkerActivity(
+                user=str(row["user"]),
+                worker=str(row["worker"]),
+                inflight=int(row["inflight"]),
+                last_activity=float(row["last_activity"]),
+                idle_seconds=float(row["idle_seconds"]),
+                info=dict(row.get("info") or {}),
+            )
+            for row in rows
+        ]
+    except (ProtocolError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ActivityUnavailable(f"the broker sent a malformed activity reply: {exc}") from None
