@@ -47,10 +47,12 @@ def read_credential() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rexec.worker import environment
     from rexec.worker.runtime import Worker, WorkerSettings
 
     configure_logging(args.log_level)
     os.environ.setdefault("IPYTHONDIR", tempfile.mkdtemp(prefix="rexec-ipython-"))
+    environment.enter_configured_environment(environment.status_writer(args.status_file))
     settings = WorkerSettings(
         broker_url=args.broker,
         credential=read_credential(),

@@ -32,6 +32,7 @@ from rexec import __version__
 from rexec import protocol as p
 from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
 from rexec.worker import context
+from rexec.worker import environment as envs
 from rexec.worker import shell as shell_ops
 from rexec.worker.calls import FunctionCache, exception_reply, run_call
 from rexec.worker.context import RequestContext, RoutedStream
@@ -56,6 +57,7 @@ def worker_info() -> dict[str, Any]:
         "rexec": __version__,
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        **envs.describe(),
     }
 
 
@@ -105,6 +107,7 @@ class Worker:
         """Serve until stopped; cells run on this (the main) thread. Returns an exit code."""
         capture = FdCapture()
         real_stdout, real_stderr = capture.start()
+        self._saved_fds = [(real_stdout.fileno(), 1), (real_stderr.fileno(), 2)]
         context.run_before_finish(capture.drain)
         self._shell = shell_ops.create_shell()
         self._functions.namespace = self._shell.user_ns
@@ -212,10 +215,18 @@ class Worker:
             self._cells.put((ctx, header, code))
         elif op in (p.OP_COMPLETE, p.OP_INSPECT):
             self._pool.submit(self._guarded, ctx, self._introspect, header, payload)
+        elif op == p.OP_ENVIRONMENT:
+            self._pool.submit(self._guarded, ctx, envs.handle_request, payload, self._restart_into)
         else:
             self._finish(ctx, p.make_error_reply(request_id, p.E_BAD_MESSAGE, f"unknown op {op!r}"))
 
     # -- running requests ------------------------------------------------------------------
+
+    def _restart_into(self, target: envs.Target) -> None:
+        """After an environment switch was answered: let the reply leave, then exec."""
+        envs.wait_sent(lambda: not self.channel._outbox)
+        self._write_status("connecting")
+        envs.exec_worker(target, self._saved_fds)
 
     def _guarded(self, ctx: RequestContext, target: Any, *args: Any) -> None:
         try:
