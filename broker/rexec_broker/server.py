@@ -34,6 +34,7 @@ from rexec.transport import (
     make_router,
     open_monitor,
     read_monitor_events,
+    readable,
 )
 from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.config import BrokerSettings
@@ -100,6 +101,7 @@ class Broker:
         self._stop = threading.Event()
         self._probe_at: list[tuple[float, str]] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
         self._backlog: dict[tuple[bool, bytes], collections.deque[list[Any]]] = {}
 
     @property
@@ -121,24 +123,32 @@ class Broker:
         poller.register(self._waker, zmq.POLLIN)
         log.info("broker serving clients on %s, workers on %s", self.frontend_url, self.backend_url)
         try:
+            frontend, backend, waker_fd = self.frontend, self.backend, self._waker.fileno()
             while not self._stop.is_set():
-                events = dict(poller.poll(self._poll_timeout_ms()))
-                if self.frontend in events:
-                    self._drain(self.frontend, self._handle_client)
-                if self.backend in events:
-                    self._drain(self.backend, self._handle_worker)
-                for monitor, side in self._monitors.items():
-                    if monitor in events and zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
-                        now = time.monotonic()
-                        self._probe_at.extend((now + delay, side) for delay in PROBE_DELAYS)
-                if self._waker.fileno() in events:
-                    self._waker.drain()
-                self._finish_validations()
-                self._run_timers()
+                events = poller.poll(self._poll_timeout_ms())
+                # Both routers are drained on every turn: a send on one may consume the
+                # notification of a message that arrived on it meanwhile.
+                self._drain(frontend, self._handle_client)
+                self._drain(backend, self._handle_worker)
+                if len(events) > 1 or (events and events[0][0] not in (frontend, backend)):
+                    self._handle_events(dict(events), waker_fd)
+                if self._validations:
+                    self._finish_validations()
+                if time.monotonic() >= self._next_timer:
+                    self._run_timers()
                 if self._backlog:
                     self._flush_backlogs()
         finally:
             self._close()
+
+    def _handle_events(self, events: dict[Any, int], waker_fd: int) -> None:
+        for monitor, side in self._monitors.items():
+            if monitor in events and zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
+                now = time.monotonic()
+                self._probe_at.extend((now + delay, side) for delay in PROBE_DELAYS)
+                self._next_timer = min(self._next_timer, now)
+        if waker_fd in events:
+            self._waker.drain()
 
     def _close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -150,12 +160,14 @@ class Broker:
         self._waker.close()
 
     def _poll_timeout_ms(self) -> int:
-        deadline = min([self._next_sweep, *(at for at, _ in self._probe_at)])
-        timeout = max(0, int((deadline - time.monotonic()) * 1000))
+        timeout = max(0, int((self._next_timer - time.monotonic()) * 1000) + 1)
         return min(timeout, BACKLOG_RETRY_MS) if self._backlog else timeout
 
     def _drain(self, sock: zmq.Socket, handler: Any) -> None:
         for _ in range(500):
+            # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
+            if not readable(sock):
+                return
             try:
                 frames = sock.recv_multipart(NOBLOCK, copy=False)
             except zmq.Again:
@@ -510,3 +522,4 @@ class Broker:
         if "clients" in due:
             for rid in list(self.table.clients):
                 self._to_client(rid, p.make_probe())
+        self._next_timer = min([self._next_sweep, *(at for at, _ in self._probe_at)])
