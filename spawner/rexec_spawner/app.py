@@ -207,6 +207,9 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     app.state.rexec = _Services(workers, validator, broker)
     app.add_exception_handler(SpawnError, _spawn_error)
     app.include_router(router)
+    from rexec_spawner.environments import router as environments  # imports this module
+
+    app.include_router(environments)
     return app
 
 

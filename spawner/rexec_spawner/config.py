@@ -23,6 +23,10 @@
 ``REXEC_IDLE_TIMEOUT``            seconds a worker may stay idle (no request in flight, none
                                   for that long) before it is deleted; ``0`` = never (default)
 ``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
+``REXEC_ENV_ALLOW_OPTIONS``       ``1`` lets requirements files carry installer options such as
+                                  ``--index-url`` (default off: option lines are refused)
+``REXEC_ENV_ALLOW_URLS``          ``1`` lets requirements name direct URLs and VCS references
+                                  (default off)
 ================================  ==========================================================
 
 Kubernetes backend (``REXEC_SPAWNER_BACKEND=kubernetes``), read into :class:`KubernetesSettings`:
@@ -77,6 +81,7 @@ from typing import Any
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
 from rexec.profile import rexec_home
+from rexec.requirements import ALLOW_OPTIONS_ENV, ALLOW_URLS_ENV, RequirementsPolicy, env_flag
 
 BACKENDS = ("local", "kubernetes")
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5559"
@@ -245,6 +250,13 @@ class SpawnerSettings:
     idle_timeout: float = 0.0
     cull_interval: float = 60.0
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    env_allow_options: bool = False
+    env_allow_urls: bool = False
+
+    @property
+    def requirements_policy(self) -> RequirementsPolicy:
+        """What requirements files may contain beyond PEP 508 requirements."""
+        return RequirementsPolicy(self.env_allow_options, self.env_allow_urls)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signing_key_path", Path(self.signing_key_path).expanduser())
@@ -305,6 +317,8 @@ class SpawnerSettings:
             "broker_internal_url": text("REXEC_BROKER_INTERNAL_URL"),
             "idle_timeout": _number(text("REXEC_IDLE_TIMEOUT"), "REXEC_IDLE_TIMEOUT", float),
             "cull_interval": _number(text("REXEC_CULL_INTERVAL"), "REXEC_CULL_INTERVAL", float),
+            "env_allow_options": _flag(source, ALLOW_OPTIONS_ENV),
+            "env_allow_urls": _flag(source, ALLOW_URLS_ENV),
         }
         # Read only for the backend that uses them, so a stray REXEC_K8S_* never breaks local.
         backend = overrides.get("backend") or text("REXEC_SPAWNER_BACKEND")
@@ -317,6 +331,12 @@ class SpawnerSettings:
         data_dir = Path(given.get("data_dir") or default_data_dir())
         given.setdefault("signing_key_path", data_dir / SIGNING_KEY_NAME)
         return cls(**given)
+
+
+def _flag(source: Mapping[str, str], name: str) -> bool | None:
+    if not source.get(name, "").strip():
+        return None
+    return env_flag(source[name])
 
 
 def _path(value: str | None) -> Path | None:

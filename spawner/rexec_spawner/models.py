@@ -64,3 +64,24 @@ class Deleted(BaseModel):
 
 class ErrorMessage(BaseModel):
     detail: str = Field(description="what went wrong and what to do next")
+
+
+class EnvironmentRequest(BaseModel):
+    requirements: str | list[str] = Field(
+        description="the requirements file's text, or its lines; one PEP 508 requirement per line",
+        examples=["numpy>=1.26\npandas<3\n"],
+    )
+
+
+class EnvironmentStatus(BaseModel):
+    env_id: str = Field(description="hash of the normalized requirements and the Python version")
+    requirements: list[str] = Field(description="the accepted lines, exactly as written")
+    python: str = Field(description="the worker's Python minor version the id was computed for")
+    base: bool = Field(default=False, description="true for the base environment (no packages)")
+
+
+class RequirementsRejected(BaseModel):
+    detail: str = Field(description="the refused line, its number and the reason")
+    line_number: int
+    line: str
+    reason: str

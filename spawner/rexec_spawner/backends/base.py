@@ -114,3 +114,10 @@ class WorkerBackend(abc.ABC):
     async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
         """The environment remembered for the user's worker ``name``, or None."""
         return None
+
+    async def worker_python(self, user: str, name: str) -> str | None:
+        """The Python version (``"3.11"``) the user's worker ``name`` runs or will run, which
+        environment ids depend on; None if unknown. The default asks the running worker."""
+        record = await self.get(user, name)
+        version = record.info.get("python_minor") if record is not None else None
+        return str(version) if version else None

@@ -6,7 +6,12 @@ Per (user, worker name) there is a directory ``<data dir>/workers/<user dir>/<na
   from ``REXEC_WORKER_CREDENTIAL_FILE``, never from its command line, which others can read;
 * ``status.json`` — written by the worker: ``connecting``, ``registered``, ``stopping``, plus
   its pid and versions; the backend turns it into progress messages;
-* ``worker.log`` (0600) — the worker's stdout and stderr (``worker.log.1`` is the previous run).
+* ``worker.log`` (0600) — the worker's stdout and stderr (``worker.log.1`` is the previous run);
+* ``environment.json`` — the environment set for this worker (``set_environment``), kept across
+  restarts of the worker and of the spawner; every worker started afterwards gets its variables.
+
+Environments themselves live in ``<data dir>/envs/<env id>/`` (``REXEC_ENV_ROOT`` for workers),
+shared by all workers, so a set of requirements is installed once.
 
 Workers run in their own session (process group) so that stopping one also stops whatever it
 started, and get ``--parent-pid`` so they exit if the spawner dies without stopping them.
@@ -27,6 +32,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,8 +42,10 @@ from typing import Any
 
 from rexec.credentials import make_worker_credential, write_secret_file
 from rexec.errors import SpawnError
+from rexec.requirements import RequirementsPolicy
 from rexec_spawner.backends.base import (
     ACTIVE_STATES,
+    EnvironmentSpec,
     ProgressEvent,
     WorkerBackend,
     WorkerRecord,
@@ -58,6 +66,9 @@ _WITHHELD_ENV = frozenset(
 MAX_PROGRESS_EVENTS = 100
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
+ENV_ROOT_ENV = "REXEC_ENV_ROOT"
+ENVIRONMENT_FILE = "environment.json"
+PYTHON_PROBE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -130,8 +141,12 @@ class LocalBackend(WorkerBackend):
         ready_timeout: float = 60.0,
         stop_timeout: float = 5.0,
         poll_interval: float = 0.1,
+        requirements_policy: RequirementsPolicy | None = None,
     ) -> None:
         self.workers_dir = Path(data_dir) / "workers"
+        self.env_root = Path(data_dir) / "envs"
+        self.requirements_policy = requirements_policy or RequirementsPolicy()
+        self._python: str | None = None
         self.broker_backend_url = broker_backend_url
         self.broker_public_key = broker_public_key
         self.worker_command = tuple(worker_command)
@@ -152,6 +167,7 @@ class LocalBackend(WorkerBackend):
             broker_public_key=settings.broker_public_key,
             worker_command=settings.worker_command,
             ready_timeout=settings.worker_ready_timeout,
+            requirements_policy=settings.requirements_policy,
         )
 
     def __repr__(self) -> str:
@@ -212,6 +228,55 @@ class LocalBackend(WorkerBackend):
         keys = builtins.list(self._workers)
         await asyncio.gather(*(self.delete(user, name) for user, name in keys))
 
+    # --- environments ------------------------------------------------------------------------
+
+    def environment_path(self, user: str, name: str) -> Path:
+        return self.worker_dir(user, name) / ENVIRONMENT_FILE
+
+    async def set_environment(
+        self, user: str, name: str, environment: EnvironmentSpec | None
+    ) -> None:
+        check_worker_name(name)
+        path = self.environment_path(user, name)
+        if environment is None:
+            path.unlink(missing_ok=True)
+            return
+        for directory in (self.workers_dir, path.parent.parent, path.parent):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {"env_id": environment.env_id, "requirements": list(environment.requirements)}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
+        check_worker_name(name)
+        return _read_environment(self.environment_path(user, name))
+
+    async def worker_python(self, user: str, name: str) -> str | None:
+        known = await super().worker_python(user, name)
+        if known:
+            return known
+        if self._python is None:
+            self._python = await asyncio.to_thread(self._probe_python)
+        return self._python
+
+    def _probe_python(self) -> str:
+        """The Python minor version of the worker command's interpreter."""
+        program = self.worker_command[0]
+        if Path(program).name.startswith("python"):
+            try:
+                done = subprocess.run(
+                    [program, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                    capture_output=True,
+                    text=True,
+                    timeout=PYTHON_PROBE_TIMEOUT,
+                    check=True,
+                )
+                return done.stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                log.warning("cannot ask %s for its Python version; assuming the spawner's", program)
+        return "{}.{}".format(*sys.version_info[:2])
+
     # --- starting ----------------------------------------------------------------------------
 
     def _command(self, worker: _LocalWorker) -> builtins.list[str]:
@@ -228,7 +293,16 @@ class LocalBackend(WorkerBackend):
         ]
 
     def _environment(self, worker: _LocalWorker) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key not in _WITHHELD_ENV}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in _WITHHELD_ENV and not key.startswith("REXEC_ENV_")
+        }
+        env[ENV_ROOT_ENV] = str(self.env_root)
+        env.update(self.requirements_policy.worker_variables())
+        spec = _read_environment(self.environment_path(worker.user, worker.name))
+        if spec is not None:
+            env.update(spec.worker_variables())
         env.pop(PUBLIC_KEY_ENV, None)
         env[CREDENTIAL_ENV] = str(worker.credential_path)
         if self.broker_public_key:
@@ -294,6 +368,8 @@ class LocalBackend(WorkerBackend):
                 self._refresh(worker)
                 if worker.exit_code is not None:
                     return
+                if worker.reported_state == "building":
+                    deadline = loop.time() + self.ready_timeout  # the build has its own limit
                 if not worker.registered_once and loop.time() > deadline:
                     await self._give_up(worker)
                     return
@@ -343,6 +419,8 @@ class LocalBackend(WorkerBackend):
         elif reported == "registered":
             worker.state, worker.registered_once = "ready", True
             worker.note("worker connected to the broker")
+        elif reported == "building":
+            worker.note(f"building environment {status.get('env', '?')} before connecting")
         elif reported == "stopping":
             worker.note("worker is stopping")
 
@@ -417,6 +495,17 @@ class LocalBackend(WorkerBackend):
             _signal_group(process.pid, signal.SIGKILL)
             await _wait_exit(process, self.stop_timeout)
         _kill_leftovers(process)
+
+
+def _read_environment(path: Path) -> EnvironmentSpec | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return EnvironmentSpec(str(data["env_id"]), tuple(str(r) for r in data["requirements"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the unreadable environment file %s: %s", path, exc)
+        return None
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
