@@ -38,6 +38,7 @@ class WorkerActivity:
     inflight: int
     last_activity: float
     idle_seconds: float
+    registered_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -118,6 +119,7 @@ def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] |
                 inflight=int(row["inflight"]),
                 last_activity=float(row["last_activity"]),
                 idle_seconds=float(row["idle_seconds"]),
+                registered_at=float(row.get("registered_at") or 0.0),
                 info=dict(row.get("info") or {}),
             )
             for row in rows

@@ -11,6 +11,7 @@ Status codes: 401 missing or refused token, 403 user not in an allowed group, 40
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,8 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from rexec.auth import CachingValidator, Identity, NotInAllowedGroup, make_validator
 from rexec.credentials import load_key
 from rexec.errors import AuthError, AuthUnavailable, ConfigError, SpawnError
+from rexec_spawner.activity import BrokerActivity
 from rexec_spawner.backends import WorkerBackend, make_backend
 from rexec_spawner.config import SpawnerSettings
+from rexec_spawner.culling import IdleCuller
 from rexec_spawner.models import BrokerInfo, Deleted, ErrorMessage, Health, WhoAmI, WorkerStatus
 from rexec_spawner.names import WORKER_NAME_RULE, valid_worker_name
 
@@ -189,11 +192,24 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     )
     broker = BrokerInfo(url=settings.broker_url, public_key=settings.broker_public_key)
 
+    culler = None
+    if settings.idle_timeout > 0:
+        activity = BrokerActivity(
+            settings.activity_url, settings.broker_public_key, _load_signing_key(settings)
+        )
+        culler = IdleCuller(workers, activity, settings.idle_timeout, settings.cull_interval)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        culling = asyncio.create_task(culler.run(), name="rexec-culler") if culler else None
         try:
             yield
         finally:
+            if culling is not None:
+                culling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await culling
+                await asyncio.to_thread(culler.activity.close)  # type: ignore[union-attr]
             await workers.close()
             validator.close()
 

@@ -28,6 +28,17 @@ __all__ = [
 def make_backend(settings: SpawnerSettings, signing_key: bytes) -> WorkerBackend:
     """The backend ``settings.backend`` names (settings were validated on construction)."""
     # Imported here so that choosing one backend never imports another's dependencies.
+    if settings.backend == "kubernetes":
+        try:
+            from rexec_spawner.backends.kubernetes.backend import KubernetesBackend
+        except ImportError as exc:
+            from rexec.errors import ConfigError
+
+            raise ConfigError(
+                f"the kubernetes backend needs the Kubernetes client ({exc}); install "
+                "rexec[kubernetes]"
+            ) from None
+        return KubernetesBackend.from_settings(settings, signing_key)
     from rexec_spawner.backends.local import LocalBackend
 
     return LocalBackend.from_settings(settings, signing_key)

@@ -1,0 +1,432 @@
+"""The Kubernetes backend: per user a namespace, per worker a pod, all found again by label.
+
+Per user it creates a Namespace (``naming.make_namespace_name``) holding the NetworkPolicy
+``rexec-workers`` and, per worker name N, the Secret ``worker-N-credential``, the Pod
+``worker-N`` and, once an environment is set, the ConfigMap ``rexec-env-N``. Nothing lives only
+in memory: every answer is read from the cluster (the pod, its events) and from the broker (has
+the worker registered?), so a restarted spawner reports and deletes the workers a previous one
+made. In memory there is only a cache of when each progress step was first seen.
+
+``close()`` stops watching but leaves pods running, for the next spawner to adopt; ``delete``
+removes the worker's objects, and the namespace with everything left in it once the user has no
+other worker (so the worker's remembered environment goes with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexec.credentials import make_worker_credential
+from rexec.errors import SpawnError
+from rexec_spawner.activity import ActivityUnavailable, BrokerActivity, WorkerActivity
+from rexec_spawner.backends.base import (
+    EnvironmentSpec,
+    ProgressEvent,
+    WorkerBackend,
+    WorkerRecord,
+    WorkerState,
+    check_worker_name,
+)
+from rexec_spawner.backends.kubernetes import naming, objects
+from rexec_spawner.backends.kubernetes.client import (
+    AlreadyExists,
+    Forbidden,
+    KubeApi,
+    make_api_client,
+)
+from rexec_spawner.backends.kubernetes.readiness import PodAssessment, assess_pod
+from rexec_spawner.backends.kubernetes.spec import make_network_spec, make_worker_spec
+from rexec_spawner.config import SpawnerSettings
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+NAMESPACE_TIMEOUT = 90.0  # a terminating namespace must be gone before it is made again
+ADMISSION_TIMEOUT = 30.0  # a new namespace's default ServiceAccount must exist before pods
+CLOCK_SLACK = 2.0  # creationTimestamp has whole seconds; broker and API server clocks differ
+MAX_PROGRESS_EVENTS = 100
+
+
+@dataclass
+class _Seen:
+    """When each progress step of one pod instance was first seen (a cache, not state)."""
+
+    instance: str
+    steps: dict[str, float] = field(default_factory=dict)
+    registered: bool = False
+
+    def note(self, message: str, at: float | None = None) -> None:
+        if message not in self.steps and len(self.steps) < MAX_PROGRESS_EVENTS:
+            self.steps[message] = time.time() if at is None else at
+
+    def events(self) -> tuple[ProgressEvent, ...]:
+        return tuple(ProgressEvent(at, message) for message, at in self.steps.items())
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return time.time()
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+class KubernetesBackend(WorkerBackend):
+    """Workers as pods in per-user namespaces (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: SpawnerSettings,
+        signing_key: bytes,
+        api: KubeApi,
+        activity: BrokerActivity,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.k8s = settings.kubernetes
+        self.api = api
+        self.activity = activity
+        self.ready_timeout = settings.worker_ready_timeout
+        self.poll_interval = poll_interval
+        self._signing_key = signing_key
+        self._network = make_network_spec(settings)  # validates the broker backend URL early
+        self._seen: dict[tuple[str, str], _Seen] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._user_locks: dict[str, asyncio.Lock] = {}
+        self._monitors: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: SpawnerSettings, signing_key: bytes) -> KubernetesBackend:
+        api = KubeApi(make_api_client(settings.kubernetes.kubeconfig))
+        activity = BrokerActivity(settings.activity_url, settings.broker_public_key, signing_key)
+        return cls(settings, signing_key, api, activity)
+
+    def __repr__(self) -> str:
+        return f"KubernetesBackend({self.api.host!r}, release={self.k8s.release!r})"
+
+    def namespace(self, user: str) -> str:
+        return naming.make_namespace_name(self.k8s.namespace_prefix, user)
+
+    def _lock(self, user: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((user, name), asyncio.Lock())
+
+    # --- the interface -----------------------------------------------------------------------
+
+    async def ensure(self, user: str, name: str) -> WorkerRecord:
+        check_worker_name(name)
+        async with self._lock(user, name):
+            if self._closed:
+                raise SpawnError("the spawner is shutting down; try again once it is back")
+            namespace = self.namespace(user)
+            pod = await self.api.read_pod(namespace, naming.pod_name(name))
+            if pod is not None and self._owned(pod, user):
+                record = await self._record(user, name, pod)
+                if record.active:
+                    return record
+                await self._remove_worker_objects(namespace, name)
+                await self._wait_pod_gone(namespace, naming.pod_name(name))
+            elif pod is not None:
+                raise SpawnError(
+                    f"pod {namespace}/{pod['metadata']['name']} was not made by this spawner "
+                    f"(release {self.k8s.release!r}); remove it or change REXEC_K8S_RELEASE"
+                )
+            return await self._start(user, name, namespace)
+
+    async def get(self, user: str, name: str) -> WorkerRecord | None:
+        check_worker_name(name)
+        pod = await self.api.read_pod(self.namespace(user), naming.pod_name(name))
+        if pod is None or not self._owned(pod, user):
+            return None
+        return await self._record(user, name, pod)
+
+    async def list(self, user: str) -> builtins.list[WorkerRecord]:
+        selector = naming.selector(
+            {
+                naming.LABEL_RELEASE: self.k8s.release,
+                naming.LABEL_COMPONENT: naming.COMPONENT_WORKER,
+                naming.LABEL_USER_HASH: naming.user_hash(user),
+            }
+        )
+        pods = await self.api.list_pods(self.namespace(user), selector)
+        rows = await self._broker_rows(user)
+        records = []
+        for pod in pods:
+            name = pod["metadata"].get("labels", {}).get(naming.LABEL_WORKER, "")
+            if self._owned(pod, user) and name:
+                records.append(await self._record(user, name, pod, rows))
+        return sorted(records, key=lambda record: record.name)
+
+    async def delete(self, user: str, name: str) -> bool:
+        check_worker_name(name)
+        async with self._lock(user, name):
+            namespace = self.namespace(user)
+            pod = await self.api.read_pod(namespace, naming.pod_name(name))
+            if pod is not None and not self._owned(pod, user):
+                return False
+            existed = await self._remove_worker_objects(namespace, name)
+            await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
+            self._seen.pop((user, name), None)
+            async with self._user_locks.setdefault(user, asyncio.Lock()):
+                others = [
+                    other
+                    for other in await self.api.list_pods(
+                        namespace, naming.selector({naming.LABEL_RELEASE: self.k8s.release})
+                    )
+                    if other["metadata"]["name"] != naming.pod_name(name)
+                    and not other["metadata"].get("deletionTimestamp")
+                ]
+                if not others and await self._owned_namespace(namespace, user):
+                    await self.api.delete_namespace(namespace)
+                    log.info("deleted namespace %s of user %r", namespace, user)
+            if existed:
+                log.info("deleted worker %r of user %r", name, user)
+            return existed
+
+    async def close(self) -> None:
+        """Stop watching; the pods keep running so that the next spawner adopts them."""
+        self._closed = True
+        for task in builtins.list(self._monitors):
+            task.cancel()
+        for task in builtins.list(self._monitors):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.to_thread(self.activity.close)
+        self.api.close()
+
+    async def set_environment(
+        self, user: str, name: str, environment: EnvironmentSpec | None
+    ) -> None:
+        check_worker_name(name)
+        namespace = self.namespace(user)
+        if environment is None:
+            await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
+            return
+        await self._ensure_namespace(user, namespace)
+        manifest = objects.make_environment_configmap(
+            self.k8s.release, user, namespace, name, environment
+        )
+        try:
+            await self.api.create(manifest)
+        except AlreadyExists:
+            await self.api.replace_configmap(manifest)
+
+    async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
+        check_worker_name(name)
+        found = await self.api.read_configmap(self.namespace(user), naming.environment_name(name))
+        if found is None:
+            return None
+        labels = found.get("metadata", {}).get("labels") or {}
+        if labels.get(naming.LABEL_USER_HASH) != naming.user_hash(user):
+            return None
+        return objects.parse_environment_configmap(found.get("data"))
+
+    # --- creating ----------------------------------------------------------------------------
+
+    def _owned(self, obj: Json, user: str) -> bool:
+        metadata = obj.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        return (
+            labels.get(naming.LABEL_RELEASE) == self.k8s.release
+            and labels.get(naming.LABEL_MANAGED_BY) == naming.MANAGED_BY
+            and (metadata.get("annotations") or {}).get(naming.ANNOTATION_USER) == user
+        )
+
+    async def _owned_namespace(self, namespace: str, user: str) -> bool:
+        found = await self.api.read_namespace(namespace)
+        return found is not None and self._owned(found, user)
+
+    async def _ensure_namespace(self, user: str, namespace: str) -> None:
+        async with self._user_locks.setdefault(user, asyncio.Lock()):
+            deadline = time.monotonic() + NAMESPACE_TIMEOUT
+            while True:
+                found = await self.api.read_namespace(namespace)
+                if found is None:
+                    try:
+                        await self.api.create(
+                            objects.make_namespace(self.k8s.release, user, namespace)
+                        )
+                        log.info("created namespace %s for user %r", namespace, user)
+                    except AlreadyExists:
+                        continue
+                    break
+                if not self._owned(found, user):
+                    raise SpawnError(
+                        f"namespace {namespace} exists but was not made by this spawner for this "
+                        "user; remove it or change REXEC_K8S_NAMESPACE_PREFIX"
+                    )
+                if (found.get("status") or {}).get("phase") != "Terminating":
+                    break
+                if time.monotonic() > deadline:
+                    raise SpawnError(
+                        f"namespace {namespace} is still being deleted after "
+                        f"{NAMESPACE_TIMEOUT:g} s; try again later"
+                    )
+                await asyncio.sleep(self.poll_interval)
+            policy = objects.make_network_policy(self.k8s.release, user, namespace, self._network)
+            if await self.api.read_network_policy(namespace, naming.NETWORK_POLICY_NAME) is None:
+                with contextlib.suppress(AlreadyExists):
+                    await self.api.create(policy)
+
+    async def _start(self, user: str, name: str, namespace: str) -> WorkerRecord:
+        await self._ensure_namespace(user, namespace)
+        environment = await self.get_environment(user, name)
+        instance = secrets.token_hex(6)
+        spec = make_worker_spec(self.settings, user, name, instance, environment)
+        credential = make_worker_credential(self._signing_key, user, name)
+        await self.api.delete("Secret", namespace, naming.secret_name(name))
+        await self.api.create(objects.make_credential_secret(spec, credential))
+        pod = await self._create_pod(objects.make_worker_pod(spec))
+        seen = _Seen(instance)
+        self._seen[(user, name)] = seen
+        log.info("created worker pod %s/%s for user %r", namespace, naming.pod_name(name), user)
+        record = await self._record(user, name, pod, rows=[])
+        task = asyncio.create_task(self._monitor(user, name), name=f"rexec-k8s-monitor-{name}")
+        self._monitors.add(task)
+        task.add_done_callback(self._monitors.discard)
+        return record
+
+    async def _create_pod(self, manifest: Json) -> Json:
+        # A namespace made a moment ago may not have its default ServiceAccount yet; the
+        # ServiceAccount admission plugin refuses pods until it has.
+        deadline = time.monotonic() + ADMISSION_TIMEOUT
+        while True:
+            try:
+                return dict(await self.api.create(manifest))
+            except Forbidden as exc:
+                if "serviceaccount" not in str(exc).replace(" ", "").lower():
+                    raise
+                if time.monotonic() > deadline:
+                    raise SpawnError(
+                        f"the namespace's default ServiceAccount did not appear within "
+                        f"{ADMISSION_TIMEOUT:g} s (is the controller manager running?): {exc}"
+                    ) from None
+                await asyncio.sleep(self.poll_interval)
+
+    async def _remove_worker_objects(self, namespace: str, name: str) -> bool:
+        """Delete the worker's pod and credential (not its environment); False if neither."""
+        pod = await self.api.delete("Pod", namespace, naming.pod_name(name))
+        secret = await self.api.delete("Secret", namespace, naming.secret_name(name))
+        return pod or secret
+
+    async def _wait_pod_gone(self, namespace: str, pod: str) -> None:
+        deadline = time.monotonic() + objects.TERMINATION_GRACE_SECONDS + 30
+        while await self.api.read_pod(namespace, pod) is not None:
+            if time.monotonic() > deadline:
+                raise SpawnError(f"the old pod {namespace}/{pod} is still being deleted; retry")
+            await asyncio.sleep(self.poll_interval)
+
+    # --- watching ----------------------------------------------------------------------------
+
+    async def _monitor(self, user: str, name: str) -> None:
+        """Poll a new worker until it is ready or failed, so each step gets its own time."""
+        deadline = time.monotonic() + self.ready_timeout + 5
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(self.poll_interval)
+                record = await self.get(user, name)
+                if record is None or record.state != "starting":
+                    if record is not None and record.state == "failed":
+                        log.warning("worker %r of user %r failed: %s", name, user, record.error)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("watching worker %r of user %r failed", name, user)
+
+    async def _broker_rows(self, user: str) -> builtins.list[WorkerActivity] | str:
+        try:
+            return await self.activity.fetch(user)
+        except ActivityUnavailable as exc:
+            return str(exc)
+
+    async def _record(
+        self,
+        user: str,
+        name: str,
+        pod: Json,
+        rows: builtins.list[WorkerActivity] | str | None = None,
+    ) -> WorkerRecord:
+        metadata = pod.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        instance = str(annotations.get(naming.ANNOTATION_INSTANCE, ""))
+        created = _timestamp(metadata.get("creationTimestamp"))
+        seen = self._seen.get((user, name))
+        if seen is None or seen.instance != instance:
+            seen = self._seen[(user, name)] = _Seen(instance)
+        assessment = assess_pod(pod, [])
+        if assessment.state == "starting":
+            events = await self.api.list_pod_events(metadata["namespace"], metadata["name"])
+            assessment = assess_pod(pod, events)
+        for index, step in enumerate(assessment.steps):
+            seen.note(step, created if index == 0 else None)
+        state, error, info = await self._state(user, name, pod, assessment, seen, created, rows)
+        status = pod.get("status") or {}
+        info.update(
+            namespace=metadata.get("namespace"),
+            pod=metadata.get("name"),
+            node=(pod.get("spec") or {}).get("nodeName"),
+            pod_ip=status.get("podIP"),
+            profile=annotations.get(naming.ANNOTATION_PROFILE),
+            env_id=annotations.get(naming.ANNOTATION_ENV_ID),
+        )
+        if error:
+            seen.note(error)
+        return WorkerRecord(
+            user=user,
+            name=name,
+            state=state,
+            instance=instance,
+            created_at=created,
+            progress=seen.events(),
+            info={key: value for key, value in info.items() if value is not None},
+            error=error,
+        )
+
+    async def _state(
+        self,
+        user: str,
+        name: str,
+        pod: Json,
+        assessment: PodAssessment,
+        seen: _Seen,
+        created: float,
+        rows: builtins.list[WorkerActivity] | str | None,
+    ) -> tuple[WorkerState, str | None, dict[str, Any]]:
+        if assessment.state == "failed":
+            return "failed", assessment.failure, {}
+        if assessment.state in ("stopping", "stopped"):
+            return "stopped", None, {}
+        if assessment.state == "running":
+            if rows is None:
+                rows = await self._broker_rows(user)
+            if isinstance(rows, str):
+                seen.note(f"cannot ask the broker whether the worker registered: {rows}")
+            else:
+                for row in rows:
+                    if row.worker == name and row.registered_at >= created - CLOCK_SLACK:
+                        seen.registered = True
+                        seen.note("worker connected to the broker")
+                        return "ready", None, dict(row.info)
+                seen.note(
+                    "worker process running; connecting to the broker at "
+                    f"{self.settings.broker_backend_url}"
+                )
+        if not seen.registered and time.time() - created > self.ready_timeout:
+            return (
+                "failed",
+                (
+                    f"the worker did not connect to the broker at "
+                    f"{self.settings.broker_backend_url} within {self.ready_timeout:g} s "
+                    f"(last step: {assessment.steps[-1]}); check that the broker is running "
+                    "and that REXEC_BROKER_BACKEND_URL is reachable from the worker namespace"
+                ),
+                {},
+            )
+        return "starting", None, {}

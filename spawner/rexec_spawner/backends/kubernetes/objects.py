@@ -1,0 +1,237 @@
+"""Pure manifest builders: a :class:`WorkerSpec` in, plain Kubernetes dicts out.
+
+Nothing here talks to a cluster; ``tests/unit/test_k8s_objects.py`` compares the results with
+expected dicts. The worker pod
+
+* runs as a non-root user with every capability dropped, no privilege escalation, the runtime's
+  default seccomp profile and a read-only root filesystem (writable: ``/tmp``, ``$HOME`` and
+  ``$REXEC_ENV_ROOT``, all emptyDirs);
+* gets no service-account token and no service-link variables: it has no business with the
+  Kubernetes API;
+* reads its one-user credential from a Secret mounted as a file; the credential is never in the
+  pod spec or an environment variable;
+* opens no port: it connects out to the broker, and the namespace's NetworkPolicy refuses all
+  ingress and allows egress only to the broker's backend port, DNS and (if configured) package
+  indexes on HTTPS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from rexec_spawner.backends.base import EnvironmentSpec
+from rexec_spawner.backends.kubernetes import naming
+from rexec_spawner.backends.kubernetes.spec import DNS_PORT, HTTPS_PORT, NetworkSpec, WorkerSpec
+
+Manifest = dict[str, Any]
+
+CONTAINER_NAME = "worker"
+CREDENTIAL_DIR = "/var/run/rexec/credential"
+CREDENTIAL_PATH = f"{CREDENTIAL_DIR}/{naming.CREDENTIAL_KEY}"
+HOME_DIR = "/home/rexec"
+TMP_DIR = "/tmp"
+ENV_ROOT = "/opt/rexec/envs"
+TERMINATION_GRACE_SECONDS = 10
+
+
+def make_namespace(release: str, user: str, name: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {**naming.base_labels(release, user), naming.LABEL_COMPONENT: "user"},
+            "annotations": {naming.ANNOTATION_USER: user},
+        },
+    }
+
+
+def make_network_policy(release: str, user: str, namespace: str, network: NetworkSpec) -> Manifest:
+    """No ingress at all; egress to the broker backend port, DNS and optional package indexes."""
+    if network.broker_namespace and network.broker_pod_labels:
+        broker_peer: list[Manifest] = [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": network.broker_namespace}
+                },
+                "podSelector": {"matchLabels": dict(network.broker_pod_labels)},
+            }
+        ]
+        broker_rule: Manifest = {
+            "to": broker_peer,
+            "ports": [{"protocol": "TCP", "port": network.broker_port}],
+        }
+    else:
+        broker_rule = {"ports": [{"protocol": "TCP", "port": network.broker_port}]}
+    egress = [
+        broker_rule,
+        {"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]},
+    ]
+    if network.package_index_cidrs:
+        egress.append(
+            {
+                "to": [{"ipBlock": {"cidr": cidr}} for cidr in network.package_index_cidrs],
+                "ports": [{"protocol": "TCP", "port": HTTPS_PORT}],
+            }
+        )
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": naming.NETWORK_POLICY_NAME,
+            "namespace": namespace,
+            "labels": naming.base_labels(release, user),
+        },
+        "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }
+
+
+def make_credential_secret(spec: WorkerSpec, credential: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": naming.secret_name(spec.worker),
+            "namespace": spec.namespace,
+            "labels": naming.worker_labels(spec.release, spec.user, spec.worker),
+            "annotations": {naming.ANNOTATION_INSTANCE: spec.instance},
+        },
+        "data": {naming.CREDENTIAL_KEY: base64.b64encode(credential.encode()).decode()},
+    }
+
+
+def make_environment_configmap(
+    release: str, user: str, namespace: str, worker: str, environment: EnvironmentSpec
+) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": naming.environment_name(worker),
+            "namespace": namespace,
+            "labels": {
+                **naming.base_labels(release, user),
+                naming.LABEL_COMPONENT: naming.COMPONENT_ENVIRONMENT,
+                naming.LABEL_WORKER: worker,
+            },
+        },
+        "data": {
+            "env_id": environment.env_id,
+            "requirements": json.dumps(list(environment.requirements)),
+        },
+    }
+
+
+def parse_environment_configmap(data: dict[str, str] | None) -> EnvironmentSpec | None:
+    """The environment a ConfigMap from :func:`make_environment_configmap` holds, or None."""
+    if not data or not data.get("env_id"):
+        return None
+    try:
+        requirements = json.loads(data.get("requirements") or "[]")
+    except ValueError:
+        return None
+    if not isinstance(requirements, list) or not all(isinstance(r, str) for r in requirements):
+        return None
+    return EnvironmentSpec(env_id=data["env_id"], requirements=tuple(requirements))
+
+
+def _worker_env(spec: WorkerSpec) -> list[Manifest]:
+    variables = {
+        "REXEC_WORKER_CREDENTIAL_FILE": CREDENTIAL_PATH,
+        "HOME": HOME_DIR,
+        "TMPDIR": TMP_DIR,
+        "PYTHONUNBUFFERED": "1",
+        "REXEC_ENV_ROOT": ENV_ROOT,
+    }
+    if spec.broker_public_key:
+        variables["REXEC_BROKER_PUBLIC_KEY"] = spec.broker_public_key
+    if spec.environment is not None:
+        variables.update(spec.environment.worker_variables())
+    return [{"name": name, "value": value} for name, value in variables.items()]
+
+
+def make_worker_pod(spec: WorkerSpec) -> Manifest:
+    profile = spec.profile
+    uid = spec.run_as_user
+    annotations = {
+        naming.ANNOTATION_USER: spec.user,
+        naming.ANNOTATION_INSTANCE: spec.instance,
+        naming.ANNOTATION_PROFILE: spec.profile_name,
+    }
+    if spec.environment is not None:
+        annotations[naming.ANNOTATION_ENV_ID] = spec.environment.env_id
+    pod_spec: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "OnFailure",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": spec.image,
+                "imagePullPolicy": spec.image_pull_policy,
+                "command": [
+                    *spec.command,
+                    "--broker",
+                    spec.broker_backend_url,
+                    "--name",
+                    spec.worker,
+                ],
+                "env": _worker_env(spec),
+                "resources": {
+                    "requests": {"cpu": profile.cpu_request, "memory": profile.memory_request},
+                    "limits": {"cpu": profile.cpu_limit, "memory": profile.memory_limit},
+                },
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "volumeMounts": [
+                    {"name": "credential", "mountPath": CREDENTIAL_DIR, "readOnly": True},
+                    {"name": "tmp", "mountPath": TMP_DIR},
+                    {"name": "home", "mountPath": HOME_DIR},
+                    {"name": "envs", "mountPath": ENV_ROOT},
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "credential",
+                "secret": {"secretName": naming.secret_name(spec.worker), "defaultMode": 0o440},
+            },
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "envs", "emptyDir": {"sizeLimit": spec.env_volume_size}},
+        ],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": naming.pod_name(spec.worker),
+            "namespace": spec.namespace,
+            "labels": naming.worker_labels(spec.release, spec.user, spec.worker),
+            "annotations": annotations,
+        },
+        "spec": pod_spec,
+    }
