@@ -215,15 +215,18 @@ class RexecMagics(Magics):
 
     @magic_arguments()
     @argument("--quiet", "-q", action="store_true", help="plain output instead of a widget")
-    @argument("requirements", nargs="+", help="a requirements file, or requirement specs")
+    @argument("--reset", action="store_true", help="go back to the worker's base environment")
+    @argument("requirements", nargs="*", help="a requirements file, or requirement specs")
     @line_magic
     def rexec_env(self, line: str) -> None:
-        """Install packages into the worker (pip, from an argument list, never a shell)::
+        """Give the worker these packages: built once per set (pip, from an argument list, never
+        a shell), reused afterwards; the worker restarts into it and its variables are gone::
 
-        In [1]: %rexec_env requirements.txt
-        In [2]: %rexec_env "numpy>=1.26" "pandas<3"
+            In [1]: %rexec_env requirements.txt
+            In [2]: %rexec_env "numpy>=1.26" "pandas<3"
+            In [3]: %rexec_env --reset
         """
-        from rexec.client.environment import install
+        from rexec.client.environment import EnvironmentBuildError, apply_requirements
         from rexec.requirements import RequirementsError, parse_requirements
 
         args = parse_argstring(self.rexec_env, line)
@@ -232,8 +235,14 @@ class RexecMagics(Magics):
             given = shlex.split(" ".join(args.requirements))
         except ValueError as exc:
             raise UsageError(f"cannot split the requirements ({exc}); check the quotes") from None
-        path = Path(given[0]).expanduser()
-        if len(given) == 1 and (path.is_file() or given[0].endswith(".txt")):
+        if args.reset:
+            text = ""
+        elif not given:
+            raise UsageError("write `%rexec_env requirements.txt`, specs, or `%rexec_env --reset`")
+        elif len(given) == 1 and (
+            Path(given[0]).expanduser().is_file() or given[0].endswith(".txt")
+        ):
+            path = Path(given[0]).expanduser()
             try:
                 text = path.read_text()
             except OSError as exc:
@@ -241,32 +250,35 @@ class RexecMagics(Magics):
         else:
             text = "\n".join(given)
         try:
-            requirements = list(parse_requirements(text).requirements)
+            requirements = parse_requirements(text, _lenient()).lines()
         except RequirementsError as exc:
             raise UsageError(str(exc)) from None
-        if not requirements:
+        if not requirements and not args.reset:
             raise UsageError(f"no requirements in {given[0]}; list one package per line")
         session = connected_session()
         view = None
         if not args.quiet and _widgets_available():
-            view = LiveCellView(describe_worker(session), title="pip install")
+            view = LiveCellView(describe_worker(session), title="environment")
             view.show()
-            view.set_state("installing " + ", ".join(requirements))
+            view.set_state("setting up " + (", ".join(requirements) or "the base environment"))
         state = "failed"
         try:
-            result = install(session, requirements, output=view or PlainOutput())
-            state = "installed" if result["returncode"] == 0 else "failed"
-        except RexecError as exc:
+            result = apply_requirements(session, text, output=view or PlainOutput())
+            state = {"active": "already active", "built": "built"}.get(result["status"], "ready")
+        except (RequirementsError, EnvironmentBuildError) as exc:
             raise UsageError(str(exc)) from None
+        except RexecError as exc:
+            raise UsageError(f"cannot set the environment: {exc}") from None
         finally:
             if view is not None:
                 view.finish(state)
-        if result["returncode"] != 0:
-            raise UsageError(
-                f"pip could not install {', '.join(requirements)} on the worker (exit code "
-                f"{result['returncode']}); its log above says why. The worker keeps its "
-                "previous packages"
-            )
+
+
+def _lenient() -> Any:
+    """The spawner enforces the operator's policy; here only obvious mistakes are caught early."""
+    from rexec.requirements import RequirementsPolicy
+
+    return RequirementsPolicy(allow_options=True, allow_urls=True)
 
 
 def _names(line: str, example: str) -> list[str]:

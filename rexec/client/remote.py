@@ -148,7 +148,10 @@ class _RemoteFuncFactory:
         return self
 
     def set_environment(self, requirements_file: str, token: str | None = None) -> Any:
-        """Install the requirements into the worker; see ``rexec.environments``."""
+        """Give the worker the packages in ``requirements_file`` (``token``: None means the
+        connection profile's). Built once per set and reused; the worker restarts into it, so
+        its variables are gone. Raises ``RequirementsError`` naming a refused line, and
+        ``EnvironmentBuildError`` with pip's message. See ``rexec.client.environment``."""
         from rexec.client.environment import set_environment
 
         if token is not None:
