@@ -12,14 +12,27 @@ through dill; the ``ser`` field of a packed object says which one to load it wit
 Functions are shipped by value with dill. ``FunctionShipper`` keeps the serialized bytes of each
 function and reuses them while nothing the function depends on has changed, so a warm call does
 not pay for dill.
+
+Bytecode is specific to a Python minor version: dill-serialized code from 3.11 loaded on 3.12 can
+crash the interpreter. Every dill blob therefore says which Python made it, and a side that runs
+another version refuses it with an error saying so. Between different versions functions travel
+as *source* instead (``FunctionShipper.by_source``): the function's ``def`` without decorators,
+plus the modules and plain-data globals it uses, re-executed on the other side.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import hashlib
 import importlib
+import importlib.metadata
+import inspect
 import io
+import json
 import pickle
+import sys
+import textwrap
 import types
 import weakref
 from collections.abc import Sequence
@@ -30,6 +43,10 @@ import dill
 
 SER_PICKLE: Final = "pickle"
 SER_DILL: Final = "dill"
+
+PYTHON_MINOR: Final = "{}.{}".format(*sys.version_info[:2])
+_DILL_FUNCTION: Final = b"rexec-fn-dill "
+_SOURCE_FUNCTION: Final = b"rexec-fn-source "
 
 # Buffers smaller than this stay in the pickle stream: a frame per tiny buffer costs more than
 # copying it.
@@ -61,9 +78,35 @@ def _needs_by_value(obj: Any) -> bool:
     return getattr(obj, "__module__", None) in (None, "__main__") or "<" in qualname
 
 
-def load_by_value(data: bytes) -> Any:
-    """Rebuild an object that ``dumps`` embedded as a dill blob."""
+class VersionSkewError(ValueError):
+    """Serialized code came from another Python version and cannot be loaded here safely."""
+
+
+def _check_origin(origin: str | None, what: str) -> None:
+    if origin is not None and origin != PYTHON_MINOR:
+        raise VersionSkewError(
+            f"{what} was serialized by Python {origin} and this side runs Python "
+            f"{PYTHON_MINOR}; bytecode does not travel between Python versions. Use the same "
+            "Python minor version on both sides, or pass plain data (functions are then shipped "
+            "as source)"
+        )
+
+
+def load_by_value(data: bytes, origin: str | None = None) -> Any:
+    """Rebuild an object that ``dumps`` embedded as a dill blob (made by Python ``origin``)."""
+    _check_origin(origin, "a function or class inside this value")
     return dill.loads(data)
+
+
+def serializer_versions() -> dict[str, str]:
+    """The serializer versions that must match for by-value code: dill, and cloudpickle if
+    installed (without importing it)."""
+    versions = {"dill": str(dill.__version__)}
+    try:
+        versions["cloudpickle"] = importlib.metadata.version("cloudpickle")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 class _Pickler(pickle.Pickler):
@@ -71,7 +114,7 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj: Any) -> Any:
         if _needs_by_value(obj):
-            return load_by_value, (dill.dumps(obj, protocol=5, recurse=True),)
+            return load_by_value, (dill.dumps(obj, protocol=5, recurse=True), PYTHON_MINOR)
         if isinstance(obj, types.ModuleType):
             return importlib.import_module, (obj.__name__,)
         return NotImplemented
@@ -110,12 +153,83 @@ def loads(ser: str, main: Any, buffers: Sequence[Any] = ()) -> Any:
     raise ValueError(f"unknown serializer {ser!r}")
 
 
-def dumps_function(fn: Any) -> bytes:
-    return dill.dumps(fn, protocol=5, recurse=True)
+def dumps_function(fn: Any, by_source: bool = False) -> bytes:
+    """The bytes a function travels as: dill by value, or its source (``by_source``)."""
+    if by_source:
+        return _SOURCE_FUNCTION + json.dumps(function_source(fn)).encode()
+    header = _DILL_FUNCTION + PYTHON_MINOR.encode() + b"\n"
+    return header + dill.dumps(fn, protocol=5, recurse=True)
 
 
 def loads_function(data: Any) -> Any:
-    return dill.loads(bytes(data))
+    raw = bytes(data)
+    if raw.startswith(_SOURCE_FUNCTION):
+        return _function_from_source(json.loads(raw[len(_SOURCE_FUNCTION) :]))
+    if raw.startswith(_DILL_FUNCTION):
+        first, _, body = raw.partition(b"\n")
+        _check_origin(first[len(_DILL_FUNCTION) :].decode("ascii", "replace"), "this function")
+        return dill.loads(body)
+    raise ValueError("not a function serialized by rexec; install the same rexec on both sides")
+
+
+class SourceUnavailable(VersionSkewError):
+    """A function cannot be shipped as source (a lambda, a closure, no source file)."""
+
+
+def function_source(fn: Any) -> dict[str, Any]:
+    """What ``loads_function`` needs to rebuild ``fn`` from source on another Python version."""
+    fn = getattr(fn, "__rexec_function__", fn)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    why = None
+    if not isinstance(fn, types.FunctionType):
+        why = "only plain functions can be shipped as source"
+    elif name == "<lambda>":
+        why = "a lambda cannot be shipped as source; define it with def"
+    elif fn.__closure__:
+        why = "it uses variables of an enclosing function; define it at the top level"
+    if why is not None:
+        raise SourceUnavailable(f"{name}: {why}")
+    try:
+        text = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError) as exc:
+        raise SourceUnavailable(f"{name}: its source is not available ({exc})") from None
+    node = next(
+        (
+            item
+            for item in ast.walk(ast.parse(text))
+            if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name == name
+        ),
+        None,
+    )
+    if node is None:
+        raise SourceUnavailable(f"{name}: its definition was not found in its source")
+    node.decorator_list = []
+    modules: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for ref in _global_names(fn.__code__):
+        value = fn.__globals__.get(ref, _MISSING)
+        if isinstance(value, types.ModuleType):
+            modules[ref] = value.__name__
+        elif value is not _MISSING and not callable(value) and not hasattr(builtins, ref):
+            try:  # plain data only: the C pickler with no by-value code is version-neutral
+                data = pickle.dumps(value, protocol=4)
+            except Exception:
+                continue
+            if b"__main__" not in data:
+                values[ref] = data.hex()
+        # Anything else is looked up on the worker, in its interactive namespace.
+    return {"name": name, "source": ast.unparse(node), "modules": modules, "values": values}
+
+
+def _function_from_source(spec: dict[str, Any]) -> Any:
+    name = str(spec["name"])
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for alias, module in dict(spec.get("modules") or {}).items():
+        namespace[alias] = importlib.import_module(module)
+    for ref, data in dict(spec.get("values") or {}).items():
+        namespace[ref] = pickle.loads(bytes.fromhex(data))
+    exec(compile(str(spec["source"]), f"<rexec: source of {name}>", "exec"), namespace)
+    return namespace[name]
 
 
 def function_key(data: bytes) -> str:
@@ -217,10 +331,24 @@ class _ShippedFunction:
 
 
 class FunctionShipper:
-    """Serializes functions by value and reuses the bytes while the function is unchanged."""
+    """Serializes functions by value and reuses the bytes while the function is unchanged.
+
+    ``by_source`` (set when the worker runs another Python version) ships source instead.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[int, _ShippedFunction] = {}
+        self._by_source = False
+
+    @property
+    def by_source(self) -> bool:
+        return self._by_source
+
+    @by_source.setter
+    def by_source(self, value: bool) -> None:
+        if value != self._by_source:
+            self._cache.clear()
+        self._by_source = value
 
     def pack(self, fn: Any) -> tuple[str, bytes]:
         """Return ``(key, data)``: a content hash and the dill bytes of ``fn``."""
@@ -233,7 +361,13 @@ class FunctionShipper:
             and entry.fingerprint == fingerprint
         ):
             return entry.key, entry.data
-        data = dumps_function(fn)
+        try:
+            data = dumps_function(fn, self._by_source)
+        except SourceUnavailable as exc:
+            raise SourceUnavailable(
+                f"cannot ship {exc} — the worker runs another Python version, so functions "
+                "travel as source there (see the version warning at connect)"
+            ) from None
         key = function_key(data)
         if fingerprint is not None:
             fid = id(fn)

@@ -28,7 +28,7 @@ from rexec.channel import DISCONNECTED, READY, REFUSED, UNRESPONSIVE, BrokerChan
 from rexec.client.generators import RemoteGenerator
 from rexec.client.outputs import ConsoleOutput, OutputHandler
 from rexec.client.replies import cell_reply, load_value, raise_for_reply, refusal_error, result_of
-from rexec.client.skew import check_skew, local_info
+from rexec.client.skew import check_skew, local_info, ships_source
 from rexec.client.spawner import SpawnerClient
 from rexec.errors import (
     CallTimeout,
@@ -215,6 +215,7 @@ class Session:
             if changed:
                 self._worker_has.clear()
                 self.skew_warnings = check_skew(info or {})
+                self._shipper.by_source = ships_source(info)
                 for message in self.skew_warnings:
                     warnings.warn(message, stacklevel=2)
             self._worker_online.notify_all()

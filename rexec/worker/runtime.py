@@ -30,6 +30,7 @@ import zmq
 
 from rexec import __version__
 from rexec import protocol as p
+from rexec import serialization as ser
 from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
 from rexec.worker import context
 from rexec.worker import environment as envs
@@ -53,6 +54,7 @@ def worker_info() -> dict[str, Any]:
         "python_minor": "{}.{}".format(*sys.version_info[:2]),
         "implementation": platform.python_implementation(),
         "dill": dill.__version__,
+        **ser.serializer_versions(),
         "protocol": p.PROTOCOL_VERSION,
         "rexec": __version__,
         "pid": os.getpid(),
