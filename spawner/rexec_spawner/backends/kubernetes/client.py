@@ -49,7 +49,7 @@ def make_api_client(kubeconfig: Path | None) -> Any:
 
 
 class KubeApi:
-    """The calls the backend makes (see the RBAC table in the chart: nothing more)."""
+    """The calls the backend makes: exactly what ``rbac.RBAC_RULES`` allows."""
 
     def __init__(self, api_client: Any) -> None:
         self.api_client = api_client
@@ -125,11 +125,6 @@ class KubeApi:
             f"read Pod {namespace}/{name}", self.core.read_namespaced_pod, name, namespace
         )
 
-    async def read_secret(self, namespace: str, name: str) -> Json | None:
-        return await self._maybe(
-            f"read Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace
-        )
-
     async def read_network_policy(self, namespace: str, name: str) -> Json | None:
         return await self._maybe(
             f"read NetworkPolicy {namespace}/{name}",
@@ -145,13 +140,6 @@ class KubeApi:
             name,
             namespace,
         )
-
-    async def list_namespaces(self, label_selector: str) -> list[Json]:
-        result = await self._call(
-            "list Namespaces",
-            lambda **kw: self.core.list_namespace(label_selector=label_selector, **kw),
-        )
-        return list(result.get("items") or [])
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[Json]:
         result = await self._call(

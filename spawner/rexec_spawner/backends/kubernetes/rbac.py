@@ -1,0 +1,27 @@
+"""The exact Kubernetes permissions the backend uses, as ClusterRole rules.
+
+A ClusterRole because the backend creates and deletes per-user namespaces, which are
+cluster-scoped. The k8s test tier runs the backend with a ServiceAccount bound to exactly these
+rules, so a call that needs more fails there; the Helm chart's ClusterRole must match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RBAC_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "verbs": ["get", "create", "update", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["get", "create"],
+    },
+]
