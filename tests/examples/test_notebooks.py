@@ -89,7 +89,10 @@ def test_remote_func_quickstart(local_stack, tmp_path):
 def test_environments(local_stack, tmp_path):
     nb = run_notebook(local_stack, "environments.ipynb", tmp_path)
     codes = [c for c in nb.cells if c.cell_type == "code"]
-    assert "is importable on the worker" in text_of(codes[3])
+    assert "six 1.16.0 is importable on the worker" in text_of(codes[2])
+    assert "variables kept: False" in text_of(codes[2])
+    assert text_of(codes[5]).startswith("active environment ")
+    assert "six 1.16.0 again" not in text_of(codes[6]) and "again" in text_of(codes[6])
     raised = next(c for c in codes if "raises-exception" in c.metadata.get("tags", []))
     # IPython prints a UsageError (no traceback) instead of an error output
     assert "UsageError: requirements line 1" in text_of(raised)
