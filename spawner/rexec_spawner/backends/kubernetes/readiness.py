@@ -142,7 +142,7 @@ def assess_pod(pod: Json, events: list[Json]) -> PodAssessment:
         return PodAssessment("failed", tuple(steps), f"the worker pod failed: {detail}")
     if phase == "Succeeded":
         return PodAssessment("stopped", (*steps, "worker process exited"))
-    running = any((c.get("state") or {}).get("running") for c in container_statuses)
+    running = any("running" in (c.get("state") or {}) for c in container_statuses)
     if phase == "Running" and running:
         restarts = max((int(c.get("restartCount") or 0) for c in container_statuses), default=0)
         steps.append("worker container running")

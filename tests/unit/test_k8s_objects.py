@@ -1,0 +1,363 @@
+"""Kubernetes manifests, names, readiness and settings of the spawner: pure, no cluster."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rexec.auth import AuthSettings
+from rexec.errors import ConfigError
+from rexec_spawner.activity import WorkerActivity
+from rexec_spawner.backends.base import EnvironmentSpec
+from rexec_spawner.backends.kubernetes import naming, objects
+from rexec_spawner.backends.kubernetes.readiness import assess_pod
+from rexec_spawner.backends.kubernetes.spec import broker_port, make_worker_spec
+from rexec_spawner.config import KubernetesSettings, ResourceProfile, SpawnerSettings
+from rexec_spawner.culling import pick_idle
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ALICE_HASH = naming.user_hash("alice")
+
+
+def settings(**k8s: object) -> SpawnerSettings:
+    return SpawnerSettings(
+        auth=AuthSettings(),
+        signing_key_path=Path("/nonexistent/signing.key"),
+        backend="kubernetes",
+        broker_backend_url="tcp://rexec-broker-internal.rexec.svc:5560",
+        kubernetes=KubernetesSettings(**k8s),  # type: ignore[arg-type]
+    )
+
+
+def test_namespace_names_are_valid_distinct_and_stable():
+    users = ["alice", "Alice", "a.l.i.c.e", "a-l-i-c-e", "ü", "ü ", "", "-", "x" * 500, "x" * 501]
+    names = [naming.make_namespace_name("rexec-u-", user) for user in users]
+    assert len(set(names)) == len(users)
+    for name in names:
+        assert DNS_LABEL.match(name) and len(name) <= 63, name
+        assert name.startswith("rexec-u-")
+    assert names[0] == naming.make_namespace_name("rexec-u-", "alice")
+    assert names[0].startswith("rexec-u-alice-")
+    assert naming.make_namespace_name("rexec-u-", "ü").startswith("rexec-u-user-")
+    longest = naming.make_namespace_name("abcdefghijklmnopqrs-", "y" * 300)
+    assert len(longest) == 63 and DNS_LABEL.match(longest)
+
+
+def test_worker_pod_manifest():
+    spec = make_worker_spec(
+        settings(worker_image="example.org/rexec-worker:1.0", node_selector={"pool": "cpu"}),
+        "alice",
+        "default",
+        "abc123",
+        EnvironmentSpec("env-1", ("numpy>=1.26",)),
+    )
+    labels = {
+        "app.kubernetes.io/managed-by": "rexec-spawner",
+        "app.kubernetes.io/part-of": "rexec",
+        "rexec.dev/release": "rexec",
+        "rexec.dev/user-hash": ALICE_HASH,
+        "app.kubernetes.io/component": "worker",
+        "rexec.dev/worker": "default",
+    }
+    assert objects.make_worker_pod(spec) == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "worker-default",
+            "namespace": spec.namespace,
+            "labels": labels,
+            "annotations": {
+                "rexec.dev/user": "alice",
+                "rexec.dev/instance": "abc123",
+                "rexec.dev/profile": "default",
+                "rexec.dev/env-id": "env-1",
+            },
+        },
+        "spec": {
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "restartPolicy": "OnFailure",
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "runAsGroup": 1000,
+                "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "nodeSelector": {"pool": "cpu"},
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": "example.org/rexec-worker:1.0",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": [
+                        "python",
+                        "-m",
+                        "rexec",
+                        "worker",
+                        "--broker",
+                        "tcp://rexec-broker-internal.rexec.svc:5560",
+                        "--name",
+                        "default",
+                    ],
+                    "env": [
+                        {
+                            "name": "REXEC_WORKER_CREDENTIAL_FILE",
+                            "value": "/var/run/rexec/credential/credential",
+                        },
+                        {"name": "HOME", "value": "/home/rexec"},
+                        {"name": "TMPDIR", "value": "/tmp"},
+                        {"name": "PYTHONUNBUFFERED", "value": "1"},
+                        {"name": "REXEC_ENV_ROOT", "value": "/opt/rexec/envs"},
+                        {"name": "REXEC_ENV_ID", "value": "env-1"},
+                        {"name": "REXEC_ENV_REQUIREMENTS", "value": '["numpy>=1.26"]'},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "allowPrivilegeEscalation": False,
+                        "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [
+                        {
+                            "name": "credential",
+                            "mountPath": "/var/run/rexec/credential",
+                            "readOnly": True,
+                        },
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "home", "mountPath": "/home/rexec"},
+                        {"name": "envs", "mountPath": "/opt/rexec/envs"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": "credential",
+                    "secret": {"secretName": "worker-default-credential", "defaultMode": 0o440},
+                },
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "home", "emptyDir": {}},
+                {"name": "envs", "emptyDir": {"sizeLimit": "4Gi"}},
+            ],
+        },
+    }
+
+
+def test_profile_and_public_key_reach_the_pod():
+    base = settings(
+        profiles={"default": ResourceProfile(), "big": ResourceProfile("2", "4", "8Gi", "8Gi")},
+        profile="big",
+    )
+    spec = make_worker_spec(
+        SpawnerSettings(**{**base.__dict__, "broker_public_key": "K" * 40}), "bob", "gpu-1", "i"
+    )
+    pod = objects.make_worker_pod(spec)
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi"},
+    }
+    assert {"name": "REXEC_BROKER_PUBLIC_KEY", "value": "K" * 40} in container["env"]
+    assert pod["metadata"]["annotations"]["rexec.dev/profile"] == "big"
+    assert "nodeSelector" not in pod["spec"]
+    assert not any(e["name"].startswith("REXEC_ENV_ID") for e in container["env"])
+
+
+def test_credential_lives_only_in_the_secret():
+    spec = make_worker_spec(settings(), "alice", "default", "abc")
+    secret = objects.make_credential_secret(spec, "rxw1.secret.sig")
+    assert base64.b64decode(secret["data"]["credential"]) == b"rxw1.secret.sig"
+    assert secret["metadata"]["name"] == "worker-default-credential"
+    assert "rxw1.secret.sig" not in json.dumps(objects.make_worker_pod(spec))
+
+
+def test_network_policy_default_and_narrowed():
+    spec = make_worker_spec(settings(), "alice", "default", "abc")
+    policy = objects.make_network_policy("rexec", "alice", "ns-a", spec.network)
+    assert policy["metadata"]["namespace"] == "ns-a"
+    assert policy["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [],
+        "egress": [
+            {"ports": [{"protocol": "TCP", "port": 5560}]},
+            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        ],
+    }
+    narrowed = make_worker_spec(
+        settings(
+            broker_namespace="rexec",
+            broker_pod_labels={"app.kubernetes.io/component": "broker"},
+            package_index_cidrs=("0.0.0.0/0",),
+        ),
+        "alice",
+        "default",
+        "abc",
+    )
+    egress = objects.make_network_policy("rexec", "alice", "ns-a", narrowed.network)["spec"][
+        "egress"
+    ]
+    assert egress[0] == {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "rexec"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "broker"}},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 5560}],
+    }
+    assert egress[2] == {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+
+
+def test_environment_configmap_round_trip_and_garbage():
+    environment = EnvironmentSpec("env-9", ("pandas<3", "numpy>=1.26"))
+    manifest = objects.make_environment_configmap("rexec", "alice", "ns", "default", environment)
+    assert manifest["metadata"]["name"] == "rexec-env-default"
+    assert objects.parse_environment_configmap(manifest["data"]) == environment
+    for data in (None, {}, {"env_id": ""}, {"env_id": "e", "requirements": "{"}):
+        assert objects.parse_environment_configmap(data) is None
+    assert objects.parse_environment_configmap({"env_id": "e", "requirements": "[1]"}) is None
+
+
+def _pod(**status: object) -> dict[str, object]:
+    return {"metadata": {"name": "worker-default"}, "spec": {}, "status": status}
+
+
+def test_readiness_steps_and_fast_failures():
+    assert assess_pod(_pod(phase="Pending"), []).state == "starting"
+    unschedulable = _pod(
+        phase="Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient memory.",
+            }
+        ],
+    )
+    failed = assess_pod(unschedulable, [])
+    assert failed.state == "failed"
+    assert "cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory." in (
+        failed.failure or ""
+    )
+    scaling = assess_pod(unschedulable, [{"reason": "TriggeredScaleUp"}])
+    assert scaling.state == "starting" and "autoscaler" in scaling.steps[-1]
+
+    pulling = {
+        **_pod(
+            phase="Pending",
+            containerStatuses=[
+                {
+                    "image": "nope:1",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
+                }
+            ],
+        ),
+        "spec": {"nodeName": "n1"},
+    }
+    result = assess_pod(pulling, [{"reason": "Pulling", "lastTimestamp": "2026-01-01T00:00:00Z"}])
+    assert result.state == "failed"
+    assert result.steps[1:] == ("scheduled on node n1", "pulling the worker image")
+    assert "'nope:1' cannot be pulled (ImagePullBackOff: not found)" in (result.failure or "")
+
+    crashing = _pod(
+        phase="Running",
+        containerStatuses=[
+            {
+                "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 3, "message": "ImportError: rexec"}},
+            }
+        ],
+    )
+    crash = assess_pod(crashing, [])
+    assert crash.state == "failed"
+    assert "4 restarts; last exit: exit code 3; its last output: ImportError: rexec" in (
+        crash.failure or ""
+    )
+
+    running = _pod(phase="Running", containerStatuses=[{"state": {"running": {}}}])
+    assert assess_pod(running, []).state == "running"
+    assert assess_pod(_pod(phase="Succeeded"), []).state == "stopped"
+    deleting = {**_pod(phase="Running"), "metadata": {"deletionTimestamp": "x"}}
+    assert assess_pod(deleting, []).state == "stopping"
+
+
+def test_kubernetes_settings_from_env():
+    parsed = SpawnerSettings.from_env(
+        {
+            "REXEC_SPAWNER_BACKEND": "kubernetes",
+            "REXEC_K8S_RELEASE": "prod",
+            "REXEC_K8S_MEMORY_LIMIT": "2Gi",
+            "REXEC_K8S_PROFILES": '{"large": {"cpu_limit": "4"}}',
+            "REXEC_K8S_PROFILE": "large",
+            "REXEC_K8S_BROKER_NAMESPACE": "rexec",
+            "REXEC_K8S_BROKER_POD_LABELS": "a=b, c=d",
+            "REXEC_K8S_PACKAGE_INDEX_CIDRS": "10.0.0.0/8, 0.0.0.0/0",
+            "REXEC_K8S_WORKER_COMMAND": "/opt/venv/bin/python -m rexec worker",
+            "REXEC_IDLE_TIMEOUT": "3600",
+            "REXEC_BROKER_INTERNAL_URL": "tcp://rexec-broker:5559",
+        },
+        signing_key_path=Path("/x"),
+    )
+    k8s = parsed.kubernetes
+    assert k8s.release == "prod"
+    assert k8s.worker_profile == ResourceProfile("100m", "4", "256Mi", "2Gi")
+    assert k8s.broker_pod_labels == {"a": "b", "c": "d"}
+    assert k8s.package_index_cidrs == ("10.0.0.0/8", "0.0.0.0/0")
+    assert k8s.worker_command == ("/opt/venv/bin/python", "-m", "rexec", "worker")
+    assert parsed.idle_timeout == 3600 and parsed.activity_url == "tcp://rexec-broker:5559"
+    # The local backend ignores REXEC_K8S_*, even broken ones.
+    local = SpawnerSettings.from_env({"REXEC_K8S_PROFILES": "{"}, signing_key_path=Path("/x"))
+    assert local.kubernetes == KubernetesSettings()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REXEC_K8S_PROFILE": "huge"}, "not defined"),
+        ({"REXEC_K8S_CPU_LIMIT": "lots"}, "not a Kubernetes quantity"),
+        ({"REXEC_K8S_PROFILES": "[1]"}, "JSON object"),
+        ({"REXEC_K8S_PROFILES": '{"x": {"gpu": "1"}}'}, "keys among"),
+        ({"REXEC_K8S_RELEASE": "Prod!"}, "REXEC_K8S_RELEASE"),
+        ({"REXEC_K8S_NAMESPACE_PREFIX": "9" * 30}, "REXEC_K8S_NAMESPACE_PREFIX"),
+        ({"REXEC_K8S_IMAGE_PULL_POLICY": "Sometimes"}, "IfNotPresent"),
+        ({"REXEC_K8S_RUN_AS_USER": "0"}, "non-root"),
+        ({"REXEC_K8S_BROKER_NAMESPACE": "rexec"}, "or neither"),
+        ({"REXEC_K8S_BROKER_POD_LABELS": "novalue"}, "key=value"),
+    ],
+)
+def test_bad_kubernetes_settings_say_what_to_fix(env, message):
+    with pytest.raises(ConfigError, match=message):
+        SpawnerSettings.from_env(
+            {"REXEC_SPAWNER_BACKEND": "kubernetes", **env}, signing_key_path=Path("/x")
+        )
+
+
+def test_broker_port_needs_a_tcp_url():
+    assert broker_port("tcp://broker.rexec.svc:5560") == 5560
+    for url in ("ipc:///tmp/x", "tcp://host", "tcp://host:port"):
+        with pytest.raises(ConfigError, match="tcp://host:port"):
+            broker_port(url)
+
+
+def test_pick_idle_never_picks_a_busy_worker():
+    def row(worker: str, inflight: int, idle: float) -> WorkerActivity:
+        return WorkerActivity("u", worker, inflight, 0.0, idle)
+
+    rows = [row("idle", 0, 100), row("fresh", 0, 5), row("busy", 2, 0.0)]
+    assert [r.worker for r in pick_idle(rows, 60)] == ["idle"]
