@@ -4,6 +4,7 @@ the spawner really read."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tests.helm.tools import (
     CHART,
     FULL_VALUES,
     NAMESPACE,
+    SPAWNER_ENV_BUG,
     container,
     env_of,
     find,
@@ -108,6 +110,16 @@ def test_schema_rejects_bad_values_with_a_clear_message(
     assert message in proc.stderr, proc.stderr
 
 
+def test_extra_env_cannot_silently_override_a_chart_setting(helm: Path) -> None:
+    sets = ["spawner.extraEnv[0].name=REXEC_SPAWNER_PORT", "spawner.extraEnv[0].value=1"]
+    proc = run_helm(helm, template_args(sets=sets), check=False)
+    assert proc.returncode != 0
+    assert "spawner.extraEnv sets REXEC_SPAWNER_PORT" in proc.stderr
+    sets = ["spawner.extraEnv[0].name=REXEC_K8S_KUBECONFIG", "spawner.extraEnv[0].value=/k"]
+    spawner = container(find(render(helm, sets=sets), "Deployment", "rexec-spawner"))
+    assert env_of(spawner)["REXEC_K8S_KUBECONFIG"] == "/k"
+
+
 def test_curve_without_a_key_source_fails_with_the_fix(helm: Path) -> None:
     proc = run_helm(helm, template_args(sets=["curve.generate=false"]), check=False)
     assert proc.returncode != 0
@@ -163,15 +175,12 @@ def test_public_broker_url_is_what_clients_are_told(full_objects: list[dict[str,
 
 # --- RBAC --------------------------------------------------------------------------------------
 
-# What the spawner's Kubernetes backend calls (the backend/chart contract); nothing more.
-SPAWNER_RULES = {
-    ("", "namespaces"): {"get", "list", "create", "delete"},
-    ("", "pods"): {"get", "list", "create", "delete"},
-    ("", "secrets"): {"get", "create", "delete"},
-    ("", "configmaps"): {"get", "create", "update", "delete"},
-    ("", "events"): {"list"},
-    ("networking.k8s.io", "networkpolicies"): {"get", "create"},
-}
+
+def backend_rules() -> dict[tuple[str, str], set[str]]:
+    """What the spawner's Kubernetes backend calls, from the backend itself."""
+    from rexec_spawner.backends.kubernetes.rbac import RBAC_RULES
+
+    return rules_of({"rules": RBAC_RULES})
 
 
 def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -187,8 +196,9 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 def test_spawner_rbac_is_exactly_what_the_backend_uses(helm: Path, which: str) -> None:
     objects = render(helm, VALUE_SETS[which][0])
     [role] = [o for o in objects if o["kind"] == "ClusterRole"]
-    assert rules_of(role) == SPAWNER_RULES
-    assert "delete" in rules_of(role)[("", "pods")]
+    assert rules_of(role) == backend_rules()
+    for resource in ("namespaces", "pods", "secrets", "configmaps"):
+        assert "delete" in rules_of(role)[("", resource)], f"the spawner deletes {resource}"
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
@@ -368,23 +378,56 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.worker_image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"
 
 
+@SPAWNER_ENV_BUG
+def test_spawner_command_line_reads_the_rendered_environment(
+    helm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `rexec spawner` in the pod really builds: options absent, settings from env."""
+    from rexec_spawner.cli import make_parser, settings_from_args
+
+    spawner = container(find(render(helm), "Deployment", "rexec-spawner"))
+    for name in list(os.environ):
+        if name.startswith(("REXEC_", "AUTH_")):
+            monkeypatch.delenv(name)
+    for name, value in resolved_env(spawner).items():
+        monkeypatch.setenv(name, value)
+    settings = settings_from_args(make_parser("rexec spawner").parse_args(spawner["args"]))
+    assert settings.backend == "kubernetes"
+    assert (settings.host, settings.port) == ("0.0.0.0", 8750)
+    assert str(settings.signing_key_path) == "/etc/rexec/signing/signing.key"
+    assert str(settings.data_dir) == "/var/lib/rexec/stack"
+    assert settings.broker_backend_url.startswith("tcp://rexec-broker-internal-ip.")
+    assert settings.broker_public_key
+
+
 @pytest.mark.parametrize("sets", [[], PLAINTEXT], ids=["curve", "plaintext"])
-def test_broker_command_line_parses_and_binds_safely(helm: Path, sets: list[str]) -> None:
+def test_broker_command_line_parses_and_binds_safely(
+    helm: Path, sets: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rexec.auth_options import auth_settings_from_args
     from rexec_broker.command import make_parser
 
     objects = render(helm, sets=sets)
     broker = container(find(objects, "Deployment", "rexec-broker"))
     assert broker["command"] == ["rexec", "broker"]
     env = env_of(broker)
+    for name in list(os.environ):
+        if name.startswith(("REXEC_", "AUTH_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     args = make_parser("rexec broker").parse_args(broker["args"])
     assert args.allow_plaintext is (sets == PLAINTEXT)
+    assert (args.frontend, args.backend) == ("tcp://0.0.0.0:5559", "tcp://0.0.0.0:5560")
+    assert str(args.signing_key) == "/etc/rexec/signing/signing.key"
+    assert auth_settings_from_args(args).api_method == "GET"
     if sets == PLAINTEXT:
         assert "REXEC_CURVE_SECRET_KEY_FILE" not in env
         spawner = env_of(container(find(objects, "Deployment", "rexec-spawner")))
         assert "REXEC_BROKER_PUBLIC_KEY" not in spawner
         assert not any(o["kind"] == "Job" for o in objects)
     else:
-        assert env["REXEC_CURVE_SECRET_KEY_FILE"] == "/etc/rexec/curve/broker.key"
+        assert str(args.curve_secret_key) == "/etc/rexec/curve/broker.key"
         mounts = {m["mountPath"]: m["name"] for m in broker["volumeMounts"]}
         assert mounts["/etc/rexec/curve"] == "curve"
 
@@ -454,6 +497,25 @@ def test_broker_accepts_workers_only_from_this_releases_worker_namespaces(
         "rexec.dev/release": "rexec",
     }
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+
+
+def test_broker_policy_selects_the_namespaces_and_pods_the_backend_creates(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    from rexec_spawner.backends.kubernetes import naming, objects
+
+    rules = ingress_rules(find(default_objects, "NetworkPolicy", "rexec-broker"))
+    [peer] = rules[5560] or []
+    user = "Alice@example.org"
+    namespace = objects.make_namespace("rexec", user, naming.make_namespace_name("rexec-u-", user))
+    assert (
+        peer["namespaceSelector"]["matchLabels"].items() <= namespace["metadata"]["labels"].items()
+    )
+    worker = naming.worker_labels("rexec", user, "default")
+    assert peer["podSelector"]["matchLabels"].items() <= worker.items()
+    # Another release's workers are not admitted.
+    other = naming.worker_labels("other", user, "default")
+    assert not peer["podSelector"]["matchLabels"].items() <= other.items()
 
 
 def test_narrowed_client_ranges_still_admit_the_spawner(full_objects: list[dict[str, Any]]) -> None:
