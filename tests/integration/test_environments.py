@@ -145,6 +145,22 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     assert (stack_home / "stack" / "envs" / built["env_id"] / "rexec-env.json").is_file()
 
 
+def test_worker_started_with_an_unbuilt_environment_builds_it_before_registering(
+    session: Session, profile: Profile
+):
+    api = EnvironmentClient(profile.spawner_url or "", profile.require_token())
+    try:
+        recorded = api.put_environment("default", ["six==1.15.0"])
+    finally:
+        api.close()
+    assert session.delete_worker()
+    progress: list[str] = []
+    with Session(profile, progress=progress.append) as fresh:
+        assert six_version(fresh) == "1.15.0"
+        assert (fresh.worker_info or {}).get("env") == recorded["env_id"]
+    assert any(f"building environment {recorded['env_id']}" in line for line in progress)
+
+
 def test_failed_build_keeps_the_worker_and_its_variables(session: Session):
     before = (session.worker_info or {}).get("env")
     remote(session, "survivor = 'still here'")
