@@ -168,6 +168,14 @@ def test_workers_and_spawner_are_given_the_in_cluster_service_addresses(
     assert env["REXEC_BROKER_URL"] == f"tcp://rexec-broker-external-ip.{domain}:5559"
 
 
+def test_an_explicit_worker_url_replaces_the_in_cluster_one_and_widens_egress(helm: Path) -> None:
+    sets = ["broker.workerUrl=tcp://broker.example.org:30002"]
+    env = env_of(container(find(render(helm, sets=sets), "Deployment", "rexec-spawner")))
+    assert env["REXEC_BROKER_BACKEND_URL"] == "tcp://broker.example.org:30002"
+    # Workers elsewhere cannot be narrowed to this cluster's broker pods.
+    assert "REXEC_K8S_BROKER_NAMESPACE" not in env and "REXEC_K8S_BROKER_POD_LABELS" not in env
+
+
 def test_public_broker_url_is_what_clients_are_told(full_objects: list[dict[str, Any]]) -> None:
     env = env_of(container(find(full_objects, "Deployment", "rexec-spawner")))
     assert env["REXEC_BROKER_URL"] == "tcp://rexec.example.org:30001"

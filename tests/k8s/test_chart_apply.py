@@ -148,17 +148,20 @@ def test_api_server_accepts_every_rendered_object(
 @pytest.mark.xfail(
     spawner_cli_ignores_env(), reason=SPAWNER_ENV_BUG.kwargs["reason"], run=False, strict=True
 )
-def test_rendered_broker_and_spawner_start_and_serve(
+def test_rendered_chart_runs_a_users_code_end_to_end(
     k8s_cluster: K8sCluster,
     k8s_namespace: str,
     node_agent: Any,
     helm: Path,
     tmp_path: Path,
 ) -> None:
-    """Applies the chart for real (with a token file, user-provided CurveZMQ keys and free
-    ports, since the node agent runs processes on this machine's network) and checks that the
-    broker binds its ports and that the spawner — using the chart's ServiceAccount and RBAC —
-    answers with the broker address and public key from the chart's Secrets."""
+    """`helm install` as far as this machine allows: the chart is applied for real (with a token
+    file, user-provided CurveZMQ keys and free ports, and loopback broker addresses, since the
+    node agent runs pods as processes on this machine's network with no cluster DNS). The
+    rendered broker binds its ports; the rendered spawner, with the chart's ServiceAccount and
+    RBAC, hands out the broker address and key, creates a worker pod in a user namespace, the
+    worker registers with the broker, a function runs on it over CurveZMQ, and deleting the
+    worker removes its namespace."""
     ns = k8s_namespace
     token = subprocess.run(
         [*REXEC, "token", "--file", str(tmp_path / "tokens.json"), "--user", "alice"],
@@ -182,6 +185,9 @@ def test_rendered_broker_and_spawner_start_and_serve(
         f"broker.backendPort={back}",
         "broker.service.external.nodePort=null",
         f"broker.publicUrl=tcp://127.0.0.1:{front}",
+        f"broker.internalUrl=tcp://127.0.0.1:{front}",
+        f"broker.workerUrl=tcp://127.0.0.1:{back}",
+        "worker.idleTimeout=0",
         f"spawner.port={http_port}",
         # The node agent has no service-account mount: give the spawner a kubeconfig holding
         # its own ServiceAccount's token instead, so it still runs with the chart's RBAC.
@@ -252,6 +258,39 @@ def test_rendered_broker_and_spawner_start_and_serve(
         assert body["public_key"] == public_key
         refused = httpx.get(f"{base}/api/v1/broker", headers={"Authorization": "Bearer x"})
         assert refused.status_code == 401
+
+        import rexec
+        from rexec.client.remote import remote_func
+
+        with rexec.connect(spawner_url=base, token=token) as session:
+
+            @remote_func(session=session)
+            def where(x: int) -> tuple[int, int]:
+                return os.getpid(), x * 2
+
+            pid, doubled = where(21)
+        assert doubled == 42
+        [user_ns] = core.list_namespace(label_selector="rexec.dev/release=rexec").items
+        assert user_ns.metadata.name.startswith("rexec-u-alice-")
+        assert user_ns.metadata.annotations["rexec.dev/user"] == "alice"
+        pod = core.read_namespaced_pod("worker-default", user_ns.metadata.name)
+        assert pid == node_agent.pid_of(user_ns.metadata.name, "worker-default")
+        worker = pod.spec.containers[0]
+        assert worker.image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"  # worker.image
+        assert worker.resources.limits == {"cpu": "2", "memory": "4Gi"}  # worker.resources
+        assert pod.spec.security_context.run_as_user == 1000  # worker.runAsUser
+
+        deleted = httpx.delete(f"{base}/api/v1/workers/default", headers=headers, timeout=30)
+        assert deleted.json() == {"deleted": True}
+
+        def namespace_gone() -> bool:
+            try:
+                core.read_namespace(user_ns.metadata.name)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        wait_for(namespace_gone, 120, f"namespace {user_ns.metadata.name} to be deleted")
     except BaseException:
         for pod in k8s_cluster.core.list_namespaced_pod(ns).items:
             print(f"--- {pod.metadata.name}: {pod.status.phase}")

@@ -65,9 +65,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
 {{- end -}}
 
-{{/* In-cluster address workers use for the broker's backend port. */}}
+{{/* Address workers use for the broker's backend port (in-cluster unless broker.workerUrl). */}}
 {{- define "rexec.brokerBackendUrl" -}}
+{{- if .Values.broker.workerUrl -}}
+{{- .Values.broker.workerUrl -}}
+{{- else -}}
 {{- printf "tcp://%s.%s.svc.%s:%v" (include "rexec.brokerInternalName" .) .Release.Namespace .Values.clusterDomain .Values.broker.backendPort -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Address clients are given for the broker's client port. */}}
@@ -158,4 +162,13 @@ securityContext:
 {{- $pairs = append $pairs (printf "%s=%s" $key (index $labels $key)) -}}
 {{- end -}}
 {{- join "," $pairs -}}
+{{- end -}}
+
+{{/* Address the spawner asks the broker frontend about worker activity at. */}}
+{{- define "rexec.brokerInternalUrl" -}}
+{{- if .Values.broker.internalUrl -}}
+{{- .Values.broker.internalUrl -}}
+{{- else -}}
+{{- printf "tcp://%s.%s.svc.%s:%v" (include "rexec.brokerExternalName" .) .Release.Namespace .Values.clusterDomain .Values.broker.frontendPort -}}
+{{- end -}}
 {{- end -}}

@@ -17,7 +17,7 @@
 - name: REXEC_BROKER_BACKEND_URL
   value: {{ include "rexec.brokerBackendUrl" . | quote }}
 - name: REXEC_BROKER_INTERNAL_URL
-  value: {{ printf "tcp://%s.%s.svc.%s:%v" (include "rexec.brokerExternalName" .) .Release.Namespace .Values.clusterDomain .Values.broker.frontendPort | quote }}
+  value: {{ include "rexec.brokerInternalUrl" . | quote }}
 {{- if .Values.curve.enabled }}
 - name: REXEC_BROKER_PUBLIC_KEY
   valueFrom:
@@ -63,11 +63,13 @@
 - name: REXEC_K8S_NODE_SELECTOR
   value: {{ toJson .Values.worker.nodeSelector | quote }}
 {{- end }}
+{{- if not .Values.broker.workerUrl }}
 # Narrows each worker's egress to the broker pods of this release.
 - name: REXEC_K8S_BROKER_NAMESPACE
   value: {{ .Release.Namespace | quote }}
 - name: REXEC_K8S_BROKER_POD_LABELS
   value: {{ include "rexec.brokerPodLabelsCsv" . | quote }}
+{{- end }}
 {{- if .Values.worker.environments.packageIndexCidrs }}
 - name: REXEC_K8S_PACKAGE_INDEX_CIDRS
   value: {{ join "," .Values.worker.environments.packageIndexCidrs | quote }}
