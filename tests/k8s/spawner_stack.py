@@ -146,6 +146,9 @@ def make_k8s_settings(
         "namespace_prefix": f"{release}-",
         # The test node agent runs the command on this machine: this Python, this checkout.
         "worker_command": (sys.executable, "-m", "rexec", "worker"),
+        # On a real cluster (REXEC_K8S_EXTERNAL=1 with the node agent) only the agent's node can
+        # reach the broker these tests run on 127.0.0.1.
+        "node_selector": {"rexec.test/node-agent": "true"},
         **overrides.pop("kubernetes", {}),
     }
     kubernetes = KubernetesSettings(**k8s_values)

@@ -53,6 +53,9 @@ NAMESPACE_TIMEOUT = 90.0  # a terminating namespace must be gone before it is ma
 ADMISSION_TIMEOUT = 30.0  # a new namespace's default ServiceAccount must exist before pods
 CLOCK_SLACK = 2.0  # creationTimestamp has whole seconds; broker and API server clocks differ
 MAX_PROGRESS_EVENTS = 100
+# A worker started with an environment builds it (pip) before it registers; the worker stops
+# itself after REXEC_ENV_BUILD_TIMEOUT (default 1800 s), so the spawner waits that much longer.
+ENV_BUILD_ALLOWANCE = 1800.0
 
 
 @dataclass
@@ -326,7 +329,7 @@ class KubernetesBackend(WorkerBackend):
 
     async def _monitor(self, user: str, name: str) -> None:
         """Poll a new worker until it is ready or failed, so each step gets its own time."""
-        deadline = time.monotonic() + self.ready_timeout + 5
+        deadline = time.monotonic() + self.ready_timeout + ENV_BUILD_ALLOWANCE + 5
         try:
             while time.monotonic() < deadline:
                 await asyncio.sleep(self.poll_interval)
@@ -414,16 +417,23 @@ class KubernetesBackend(WorkerBackend):
                         seen.registered = True
                         seen.note("worker connected to the broker")
                         return "ready", None, dict(row.info)
+                env_id = (pod["metadata"].get("annotations") or {}).get(naming.ANNOTATION_ENV_ID)
                 seen.note(
-                    "worker process running; connecting to the broker at "
+                    f"worker process running; building environment {env_id}, then connecting "
+                    f"to the broker at {self.settings.broker_backend_url}"
+                    if env_id
+                    else "worker process running; connecting to the broker at "
                     f"{self.settings.broker_backend_url}"
                 )
-        if not seen.registered and time.time() - created > self.ready_timeout:
+        deadline = self.ready_timeout
+        if (pod["metadata"].get("annotations") or {}).get(naming.ANNOTATION_ENV_ID):
+            deadline += ENV_BUILD_ALLOWANCE
+        if not seen.registered and time.time() - created > deadline:
             return (
                 "failed",
                 (
                     f"the worker did not connect to the broker at "
-                    f"{self.settings.broker_backend_url} within {self.ready_timeout:g} s "
+                    f"{self.settings.broker_backend_url} within {deadline:g} s "
                     f"(last step: {assessment.steps[-1]}); check that the broker is running "
                     "and that REXEC_BROKER_BACKEND_URL is reachable from the worker namespace"
                 ),
