@@ -26,6 +26,7 @@ from rexec.profile import load_profile
 from rexec_kernel.history import CellHistory
 from rexec_kernel.link import Progress, WorkerLink
 from rexec_kernel.relay import IopubRelay, make_error_content
+from rexec_kernel.status_comm import start_kernel_status
 
 LOST_STATE_HINT = "The next cell starts a new worker; variables and imports of this one are lost."
 INTERRUPTED = "the cell was interrupted; the remote namespace is kept"
@@ -66,6 +67,7 @@ class RexecKernel(Kernel):
         super().__init__(**kwargs)
         self._link = WorkerLink(_make_session)
         self._history = CellHistory()
+        self._status = start_kernel_status(self, self._link)
 
     def start(self) -> None:
         super().start()
@@ -119,7 +121,7 @@ class RexecKernel(Kernel):
         def show_progress(message: str) -> None:
             send("stream", {"name": "stderr", "text": f"rexec: {message}\n"})
 
-        with self._link.live(show_progress):
+        with self._link.live(show_progress), self._status.activity():
             try:
                 session = self._link.session()
                 reply = session.execute(
@@ -233,6 +235,7 @@ class RexecKernel(Kernel):
     # -- shutdown ----------------------------------------------------------------------------
 
     async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        self._status.close()
         session = self._link.close()
         if session is not None:
             try:

@@ -37,6 +37,8 @@ class WorkerLink:
         self._session: Session | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        # Also told every progress message as it happens (the status bar's spawn progress).
+        self.listener: Progress | None = None
 
     # -- progress ------------------------------------------------------------------------
 
@@ -44,6 +46,8 @@ class WorkerLink:
         """Show ``message`` in the running cell, or keep it for the next one."""
         if not message:
             return
+        if self.listener is not None:
+            self.listener(message)
         with self._lock:
             sink = self._sink
             if sink is None:
@@ -123,6 +127,14 @@ class WorkerLink:
         if session is None:
             raise error or RuntimeError("no Rexec session could be created")
         return session
+
+    def snapshot(self) -> tuple[Session | None, bool, BaseException | None]:
+        """The session (or None), whether a background connection is under way, and the
+        error of the last failed attempt; without waiting."""
+        with self._lock:
+            session, error = self._session, self._error
+        thread = self._thread
+        return session, thread is not None and thread.is_alive(), error
 
     def worker_info(self) -> dict[str, Any] | None:
         with self._lock:

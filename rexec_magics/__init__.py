@@ -22,8 +22,10 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics and the ``%%rexec`` completion matcher."""
     from rexec_magics.completion import rexec_matcher
     from rexec_magics.magics import RexecMagics
+    from rexec_magics.status import start_status
 
     ipython.register_magics(RexecMagics)
+    start_status(ipython)
     matchers = ipython.Completer.custom_matchers
     if rexec_matcher not in matchers:
         matchers.insert(0, rexec_matcher)

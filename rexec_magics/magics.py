@@ -30,6 +30,7 @@ from rexec.client.outputs import OutputHandler
 from rexec.client.session import Session
 from rexec.errors import ConfigError, RexecError
 from rexec_magics.errors import RemoteCellError
+from rexec_magics.status import tracks_activity
 from rexec_magics.view import LiveCellView, PlainOutput
 
 
@@ -76,6 +77,7 @@ class RexecMagics(Magics):
         help="plain streamed output instead of the live widget (scripts, nbconvert)",
     )
     @line_cell_magic
+    @tracks_activity
     def rexec(self, line: str, cell: str | None = None) -> None:
         """Run code on the worker, in its persistent namespace.
 
@@ -218,6 +220,7 @@ class RexecMagics(Magics):
     @argument("--reset", action="store_true", help="go back to the worker's base environment")
     @argument("requirements", nargs="*", help="a requirements file, or requirement specs")
     @line_magic
+    @tracks_activity
     def rexec_env(self, line: str) -> None:
         """Give the worker these packages: built once per set (pip, from an argument list, never
         a shell), reused afterwards; the worker restarts into it and its variables are gone::

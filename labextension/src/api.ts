@@ -40,7 +40,7 @@ export interface IResources {
 /** A `status` message: the whole state, sent on every change. */
 export interface IStatusMessage {
   type: 'status';
-  state: WorkerState;
+  worker_state: WorkerState;
   detail: string;
   progress: string[];
   worker: IWorkerInfo | null;

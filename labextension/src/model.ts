@@ -36,7 +36,7 @@ export class WorkerStatusModel {
 
   /** The state to show: "not connected" until the kernel has reported one. */
   get state(): WorkerState {
-    return this._status?.state ?? 'not connected';
+    return this._status?.worker_state ?? 'not connected';
   }
 
   get isDisposed(): boolean {

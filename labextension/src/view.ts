@@ -167,7 +167,7 @@ export class RexecDetailsPanel extends Widget {
     if (status?.error) {
       rows.push(['Error', status.error]);
     }
-    if (status?.state === 'starting' && status.progress.length) {
+    if (status?.worker_state === 'starting' && status.progress.length) {
       rows.push(['Progress', status.progress.join('\n')]);
     }
     const table = element('table', 'rexec-DetailsPanel-table');

@@ -86,6 +86,26 @@ class SpawnerClient:
         answer = self._request("DELETE", f"/api/v1/workers/{name}")
         return bool(answer and answer.get("deleted"))
 
+    def worker_log(self, name: str, tail: int = 200) -> str | None:
+        """The last ``tail`` lines of the worker's log, or None if the spawner has none."""
+        if not self._resolved:
+            self._resolve()
+        url = f"{self.base_url}/api/v1/workers/{name}/log"
+        try:
+            response = self._client.get(url, params={"tail": tail})
+        except httpx.HTTPError as exc:
+            raise SpawnError(
+                f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "
+                "is the stack running? Check with `rexec status`"
+            ) from None
+        if response.status_code == 404:
+            return None
+        if response.status_code == 401:
+            raise AuthError(f"the spawner refused the token: {_detail(response)}")
+        if response.status_code >= 400:
+            raise SpawnError(f"no worker log ({response.status_code}): {_detail(response)}")
+        return response.text
+
     def ensure_worker(
         self,
         name: str,

@@ -226,6 +226,9 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     from rexec_spawner.environments import router as environments  # imports this module
 
     app.include_router(environments)
+    from rexec_spawner.worker_logs import router as worker_logs  # imports this module
+
+    app.include_router(worker_logs)
     return app
 
 

@@ -115,6 +115,14 @@ class WorkerBackend(abc.ABC):
         """The environment remembered for the user's worker ``name``, or None."""
         return None
 
+    async def log(self, user: str, name: str, tail: int) -> str | None:
+        """The last ``tail`` lines of the output of the user's worker ``name`` (its current
+        run, or the last one if it stopped), or None if there is none."""
+        raise SpawnError(
+            f"the {type(self).__name__} backend cannot show worker logs; read them where the "
+            "worker runs (e.g. `kubectl logs`)"
+        )
+
     async def worker_python(self, user: str, name: str) -> str | None:
         """The Python version (``"3.11"``) the user's worker ``name`` runs or will run, which
         environment ids depend on; None if unknown. The default asks the running worker."""

@@ -252,6 +252,11 @@ class LocalBackend(WorkerBackend):
         check_worker_name(name)
         return _read_environment(self.environment_path(user, name))
 
+    async def log(self, user: str, name: str, tail: int) -> str | None:
+        check_worker_name(name)
+        path = self.worker_dir(user, name) / "worker.log"
+        return await asyncio.to_thread(_read_tail, path, tail)
+
     async def worker_python(self, user: str, name: str) -> str | None:
         known = await super().worker_python(user, name)
         if known:
@@ -529,3 +534,19 @@ async def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
             return False
         await asyncio.sleep(0.05)
     return True
+
+
+def _read_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> str | None:
+    """The last ``lines`` lines of ``path`` (read backwards, so a huge log costs little)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            end = position = handle.tell()
+            data = b""
+            while position > 0 and data.count(b"\n") <= lines:
+                position = max(0, position - chunk)
+                handle.seek(position)
+                data = handle.read(end - position)
+    except FileNotFoundError:
+        return None
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
