@@ -548,5 +548,28 @@ def test_ingress_routes_to_the_spawner(full_objects: list[dict[str, Any]]) -> No
     assert ingress["spec"]["tls"][0]["secretName"] == "rexec-tls"
 
 
+@pytest.mark.parametrize(
+    ("sets", "warning"),
+    [
+        ([], "no identity source is configured"),
+        ([*PLAINTEXT, "authApiUrl=https://idp.example.org/i"], "CurveZMQ is off"),
+    ],
+)
+def test_notes_warn_about_an_unsafe_or_unusable_release(
+    helm: Path, sets: list[str], warning: str
+) -> None:
+    args = ["install", "rexec", str(CHART), "--dry-run=client", "--namespace", NAMESPACE]
+    for item in sets:
+        args += ["--set", item]
+    notes = run_helm(helm, args).stdout.split("NOTES:", 1)[1]
+    assert warning in notes
+    assert "rollout status deploy/rexec-broker" in notes
+    safe = run_helm(
+        helm,
+        [*args, "--set", "authApiUrl=https://idp.example.org/i", "--set", "curve.enabled=true"],
+    ).stdout
+    assert "WARNING" not in safe.split("NOTES:", 1)[1]
+
+
 def test_ingress_is_off_by_default(default_objects: list[dict[str, Any]]) -> None:
     assert "Ingress" not in {o["kind"] for o in default_objects}
