@@ -176,6 +176,27 @@ def test_an_explicit_worker_url_replaces_the_in_cluster_one_and_widens_egress(he
     assert "REXEC_K8S_BROKER_NAMESPACE" not in env and "REXEC_K8S_BROKER_POD_LABELS" not in env
 
 
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["global.authApiUrl=https://shared.example.org/i"], "https://shared.example.org/i"),
+        (
+            [
+                "global.authApiUrl=https://shared.example.org/i",
+                "authApiUrl=https://own.example.org/i",
+            ],
+            "https://own.example.org/i",
+        ),
+    ],
+)
+def test_auth_api_url_can_come_from_global_values(
+    helm: Path, sets: list[str], expected: str
+) -> None:
+    objects = render(helm, sets=sets)
+    for name in ("rexec-broker", "rexec-spawner"):
+        assert env_of(container(find(objects, "Deployment", name)))["AUTH_API_URL"] == expected
+
+
 def test_public_broker_url_is_what_clients_are_told(full_objects: list[dict[str, Any]]) -> None:
     env = env_of(container(find(full_objects, "Deployment", "rexec-spawner")))
     assert env["REXEC_BROKER_URL"] == "tcp://rexec.example.org:30001"

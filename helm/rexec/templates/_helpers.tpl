@@ -83,11 +83,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The identity provider URL: authApiUrl, else global.authApiUrl (set once for an umbrella
+chart whose other services validate tokens against the same provider). */}}
+{{- define "rexec.authApiUrl" -}}
+{{- default (dig "authApiUrl" "" (.Values.global | default dict)) .Values.authApiUrl -}}
+{{- end -}}
+
 {{/* Identity settings read by rexec.auth.AuthSettings.from_env (broker and spawner). */}}
 {{- define "rexec.authEnv" -}}
-{{- if .Values.authApiUrl }}
+{{- with include "rexec.authApiUrl" . }}
 - name: AUTH_API_URL
-  value: {{ .Values.authApiUrl | quote }}
+  value: {{ . | quote }}
 {{- end }}
 - name: REXEC_AUTH_METHOD
   value: {{ .Values.auth.method | quote }}
