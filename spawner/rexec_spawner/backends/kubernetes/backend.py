@@ -8,8 +8,12 @@ the worker registered?), so a restarted spawner reports and deletes the workers 
 made. In memory there is only a cache of when each progress step was first seen.
 
 ``close()`` stops watching but leaves pods running, for the next spawner to adopt; ``delete``
-removes the worker's objects, and the namespace with everything left in it once the user has no
-other worker (so the worker's remembered environment goes with it).
+removes the worker's pod, credential and remembered environment, and the namespace with
+everything left in it once the user has no other worker pod (environments remembered for names
+that have no pod go with it). Idle culling deletes the same way.
+
+Run one spawner replica per release: the locks that keep a user's namespace from being created
+and deleted at the same time are in this process.
 """
 
 from __future__ import annotations
@@ -120,6 +124,10 @@ class KubernetesBackend(WorkerBackend):
     def _lock(self, user: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((user, name), asyncio.Lock())
 
+    def _user_lock(self, user: str) -> asyncio.Lock:
+        """Held while the user's namespace is made, filled or deleted, so those never overlap."""
+        return self._user_locks.setdefault(user, asyncio.Lock())
+
     # --- the interface -----------------------------------------------------------------------
 
     async def ensure(self, user: str, name: str) -> WorkerRecord:
@@ -140,7 +148,8 @@ class KubernetesBackend(WorkerBackend):
                     f"pod {namespace}/{pod['metadata']['name']} was not made by this spawner "
                     f"(release {self.k8s.release!r}); remove it or change REXEC_K8S_RELEASE"
                 )
-            return await self._start(user, name, namespace)
+            async with self._user_lock(user):
+                return await self._start(user, name, namespace)
 
     async def get(self, user: str, name: str) -> WorkerRecord | None:
         check_worker_name(name)
@@ -176,7 +185,7 @@ class KubernetesBackend(WorkerBackend):
             existed = await self._remove_worker_objects(namespace, name)
             await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
             self._seen.pop((user, name), None)
-            async with self._user_locks.setdefault(user, asyncio.Lock()):
+            async with self._user_lock(user):
                 others = [
                     other
                     for other in await self.api.list_pods(
@@ -211,14 +220,15 @@ class KubernetesBackend(WorkerBackend):
         if environment is None:
             await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
             return
-        await self._ensure_namespace(user, namespace)
         manifest = objects.make_environment_configmap(
             self.k8s.release, user, namespace, name, environment
         )
-        try:
-            await self.api.create(manifest)
-        except AlreadyExists:
-            await self.api.replace_configmap(manifest)
+        async with self._user_lock(user):
+            await self._ensure_namespace(user, namespace)
+            try:
+                await self.api.create(manifest)
+            except AlreadyExists:
+                await self.api.replace_configmap(manifest)
 
     async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
         check_worker_name(name)
@@ -246,36 +256,34 @@ class KubernetesBackend(WorkerBackend):
         return found is not None and self._owned(found, user)
 
     async def _ensure_namespace(self, user: str, namespace: str) -> None:
-        async with self._user_locks.setdefault(user, asyncio.Lock()):
-            deadline = time.monotonic() + NAMESPACE_TIMEOUT
-            while True:
-                found = await self.api.read_namespace(namespace)
-                if found is None:
-                    try:
-                        await self.api.create(
-                            objects.make_namespace(self.k8s.release, user, namespace)
-                        )
-                        log.info("created namespace %s for user %r", namespace, user)
-                    except AlreadyExists:
-                        continue
-                    break
-                if not self._owned(found, user):
-                    raise SpawnError(
-                        f"namespace {namespace} exists but was not made by this spawner for this "
-                        "user; remove it or change REXEC_K8S_NAMESPACE_PREFIX"
-                    )
-                if (found.get("status") or {}).get("phase") != "Terminating":
-                    break
-                if time.monotonic() > deadline:
-                    raise SpawnError(
-                        f"namespace {namespace} is still being deleted after "
-                        f"{NAMESPACE_TIMEOUT:g} s; try again later"
-                    )
-                await asyncio.sleep(self.poll_interval)
-            policy = objects.make_network_policy(self.k8s.release, user, namespace, self._network)
-            if await self.api.read_network_policy(namespace, naming.NETWORK_POLICY_NAME) is None:
-                with contextlib.suppress(AlreadyExists):
-                    await self.api.create(policy)
+        """Create (or wait out the deletion of) the user's namespace; the user lock is held."""
+        deadline = time.monotonic() + NAMESPACE_TIMEOUT
+        while True:
+            found = await self.api.read_namespace(namespace)
+            if found is None:
+                try:
+                    await self.api.create(objects.make_namespace(self.k8s.release, user, namespace))
+                    log.info("created namespace %s for user %r", namespace, user)
+                except AlreadyExists:
+                    continue
+                break
+            if not self._owned(found, user):
+                raise SpawnError(
+                    f"namespace {namespace} exists but was not made by this spawner for this "
+                    "user; remove it or change REXEC_K8S_NAMESPACE_PREFIX"
+                )
+            if (found.get("status") or {}).get("phase") != "Terminating":
+                break
+            if time.monotonic() > deadline:
+                raise SpawnError(
+                    f"namespace {namespace} is still being deleted after "
+                    f"{NAMESPACE_TIMEOUT:g} s; try again later"
+                )
+            await asyncio.sleep(self.poll_interval)
+        policy = objects.make_network_policy(self.k8s.release, user, namespace, self._network)
+        if await self.api.read_network_policy(namespace, naming.NETWORK_POLICY_NAME) is None:
+            with contextlib.suppress(AlreadyExists):
+                await self.api.create(policy)
 
     async def _start(self, user: str, name: str, namespace: str) -> WorkerRecord:
         await self._ensure_namespace(user, namespace)
