@@ -76,5 +76,9 @@
 {{- end }}
 - name: REXEC_K8S_ENV_VOLUME_SIZE
   value: {{ .Values.worker.environments.volumeSize | quote }}
+- name: REXEC_ENV_ALLOW_OPTIONS
+  value: {{ ternary "1" "0" .Values.worker.environments.allowOptions | quote }}
+- name: REXEC_ENV_ALLOW_URLS
+  value: {{ ternary "1" "0" .Values.worker.environments.allowUrls | quote }}
 {{- include "rexec.authEnv" . | trim | nindent 0 }}
 {{- end -}}
