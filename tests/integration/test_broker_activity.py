@@ -101,3 +101,44 @@ def test_no_broker_is_a_clear_error_within_the_timeout():
         client.query()
     assert time.monotonic() - started < 2
     client.close()
+
+
+def test_idle_culler_deletes_only_idle_local_workers(broker_stack, activity, tmp_path):
+    import asyncio
+    import sys
+
+    from rexec_spawner.backends.local import LocalBackend
+    from rexec_spawner.culling import IdleCuller
+
+    backend = LocalBackend(
+        data_dir=tmp_path / "spawner",
+        signing_key=broker_stack.signing_key,
+        broker_backend_url=broker_stack.backend,
+        broker_public_key=None,
+        worker_command=(sys.executable, "-m", "rexec", "worker"),
+    )
+    culler = IdleCuller(backend, activity, idle_timeout=2.0, interval=60)
+
+    async def scenario() -> list[tuple[str, str]]:
+        try:
+            for user in ("idle", "fresh"):
+                await backend.ensure(user, "default")
+            deadline = time.monotonic() + 30
+            while len(await activity.fetch()) < 2:
+                assert time.monotonic() < deadline, "workers never registered"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.1)
+            # "fresh" is restarted: a recent registration, no request yet, is not idle.
+            await backend.delete("fresh", "default")
+            await backend.ensure("fresh", "default")
+            while not [row for row in await activity.fetch("fresh") if row.idle_seconds < 1.0]:
+                assert time.monotonic() < deadline, "the new worker never registered"
+                await asyncio.sleep(0.05)
+            culled = await culler.cull_once()
+            assert await backend.get("idle", "default") is None
+            assert (await backend.get("fresh", "default")) is not None
+            return culled
+        finally:
+            await backend.close()
+
+    assert asyncio.run(scenario()) == [("idle", "default")]
