@@ -521,6 +521,19 @@ def test_key_generation_job_runs_the_shipped_script(default_objects: list[dict[s
     assert "ttlSecondsAfterFinished" in job["spec"]
 
 
+def test_key_generation_job_is_renamed_when_its_pod_would_change(helm: Path) -> None:
+    """A Job's pod template is immutable: `helm upgrade` with a new image must create a new Job
+    (its name carries a hash), while an unchanged upgrade keeps the same one."""
+
+    def job_name(sets: list[str]) -> str:
+        [job] = [o for o in render(helm, sets=sets) if o["kind"] == "Job"]
+        return str(job["metadata"]["name"])
+
+    same = job_name([])
+    assert same == job_name([]) and same.startswith("rexec-curve-keygen-")
+    assert job_name(["broker.image.tag=0.2.0"]) != same
+
+
 # --- network policies and ingress --------------------------------------------------------------
 
 
