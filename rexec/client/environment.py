@@ -87,15 +87,44 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _record(session: Session, requirements: str | list[str]) -> dict[str, Any]:
-    """Check and record the requirements with the spawner, or check them here without one."""
+def _record(
+    session: Session, requirements: str | list[str]
+) -> tuple[dict[str, Any], list[str] | None]:
+    """Check and record the requirements with the spawner, or check them here without one.
+
+    Returns the spawner's answer and the lines recorded before (None without a spawner), so a
+    failed switch can put them back.
+    """
     profile = session.profile
     if profile.spawner_url:
         api = EnvironmentClient(profile.spawner_url, profile.require_token())
         try:
-            return api.put_environment(profile.worker, requirements)
+            before = api.get_environment(profile.worker)
+            answer = api.put_environment(profile.worker, requirements)
         finally:
             api.close()
+        return answer, list((before or {}).get("requirements") or [])
+    return _check_here(session, requirements), None
+
+
+def _restore(session: Session, lines: list[str] | None) -> None:
+    """Put back what the spawner had recorded before a switch that failed."""
+    profile = session.profile
+    if lines is None or not profile.spawner_url:
+        return
+    api = EnvironmentClient(profile.spawner_url, profile.require_token())
+    try:
+        if lines:
+            api.put_environment(profile.worker, lines)
+        else:
+            api.delete_environment(profile.worker)
+    except RexecError:
+        pass  # the switch's own error is what the caller needs to see
+    finally:
+        api.close()
+
+
+def _check_here(session: Session, requirements: str | list[str]) -> dict[str, Any]:
     parsed = parse_requirements(requirements)
     python = str((session.worker_info or {}).get("python_minor") or "")
     env_id = environment_id(parsed, python) if python else None
@@ -139,13 +168,17 @@ def apply_requirements(
     handler = output or ConsoleOutput()
     started = time.monotonic()
     session.connect()
-    recorded = _record(session, requirements)
+    recorded, before = _record(session, requirements)
     current = (session.worker_info or {}).get("env") or BASE_ENVIRONMENT
     wanted = recorded.get("env_id")
     if wanted is not None and wanted == current:
         _say(handler, f"environment {wanted} is already active; nothing to do\n")
         return _result(recorded, "active", False, started)
-    reply = _switch(session, list(recorded["requirements"]), handler, build_timeout)
+    try:
+        reply = _switch(session, list(recorded["requirements"]), handler, build_timeout)
+    except BaseException:
+        _restore(session, before)
+        raise
     if reply is None:  # the worker restarted before its answer could leave
         if not wanted:
             raise WorkerDied(

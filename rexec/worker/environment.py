@@ -30,6 +30,7 @@ import shutil
 import site
 import subprocess
 import sys
+import threading
 import time
 import venv
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ ERROR_LINES = 15
 
 # Why the environment configured at start-up is not the one this worker runs, if it is not.
 _startup_error: list[str] = []
+_switching = threading.Lock()
 SEND_GRACE = 0.2
 SEND_TIMEOUT = 2.0
 
@@ -425,7 +427,19 @@ def switch_reply(request_id: str, target: Target, seconds: float, restart: bool)
 
 
 def handle_request(ctx: Any, payload: list[Any], restart: Callable[[Target], None]) -> None:
-    """The ``environment`` operation: check, build or find, reply, then ``restart``."""
+    """The ``environment`` operation: one switch at a time per worker."""
+    if not _switching.acquire(blocking=False):
+        message = "another environment switch is in progress on this worker; wait for it to end"
+        ctx.finish(p.make_error_reply(ctx.request_id, p.E_ENVIRONMENT, message))
+        return
+    try:
+        _handle(ctx, payload, restart)
+    finally:
+        _switching.release()
+
+
+def _handle(ctx: Any, payload: list[Any], restart: Callable[[Target], None]) -> None:
+    """Check, build or find, reply, then ``restart``."""
     started = time.monotonic()
     try:
         spec = p.parse_json_frame(payload[0]) if payload else {}

@@ -161,8 +161,17 @@ def test_worker_started_with_an_unbuilt_environment_builds_it_before_registering
     assert any(f"building environment {recorded['env_id']}" in line for line in progress)
 
 
-def test_failed_build_keeps_the_worker_and_its_variables(session: Session):
+def recorded_env(profile: Profile) -> str:
+    api = EnvironmentClient(profile.spawner_url or "", profile.require_token())
+    try:
+        return str((api.get_environment("default") or {"env_id": "base"})["env_id"])
+    finally:
+        api.close()
+
+
+def test_failed_build_keeps_the_worker_and_its_variables(session: Session, profile: Profile):
     before = (session.worker_info or {}).get("env")
+    assert recorded_env(profile) == before
     remote(session, "survivor = 'still here'")
     with pytest.raises(EnvironmentBuildError) as info:
         apply_requirements(session, "rexec-no-such-package-zz9==1.0\n", CollectingOutput())
@@ -172,6 +181,8 @@ def test_failed_build_keeps_the_worker_and_its_variables(session: Session):
     assert "previous environment" in message
     assert remote(session, "print(survivor)") == "still here\n"
     assert (session.worker_info or {}).get("env") == before
+    # The spawner's record is put back too, so a restarted worker does not retry the failure.
+    assert recorded_env(profile) == before
 
 
 def test_refused_line_is_named_and_nothing_changes(session: Session, tmp_path: Path):
