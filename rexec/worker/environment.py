@@ -20,12 +20,14 @@ command (``os.execv``); the new process registers again. The namespace is lost.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fcntl
 import json
 import logging
 import os
 import secrets
+import select
 import shutil
 import site
 import subprocess
@@ -33,7 +35,7 @@ import sys
 import threading
 import time
 import venv
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,34 @@ def build(
     return final
 
 
+def _lines(process: subprocess.Popen[bytes], deadline: float) -> Iterator[str]:
+    """The process's output lines as they come. Waits in short slices, so an interrupt of this
+    thread (a cancelled request) and the deadline take effect even while pip prints nothing."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    waiter = select.poll()
+    waiter.register(fd, select.POLLIN | select.POLLHUP)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    while True:
+        if time.monotonic() > deadline:
+            raise EnvironmentBuildError(
+                f"pip did not finish in time (limit: {BUILD_TIMEOUT_ENV}); the environment was "
+                "not changed"
+            )
+        if not waiter.poll(200):
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            if pending:
+                yield pending
+            return
+        pending += decoder.decode(data)
+        *complete, pending = pending.split("\n")
+        for line in complete:
+            yield line + "\n"
+
+
 def _run_pip(
     prefix: Path, requirements: ParsedRequirements, write: Callable[[str], None], deadline: float
 ) -> None:
@@ -288,16 +318,10 @@ def _run_pip(
     assert process.stdout is not None
     errors: list[str] = []
     try:
-        for raw in process.stdout:
-            line = raw.decode("utf-8", "replace")
+        for line in _lines(process, deadline):
             write(line)
             if line.startswith("ERROR:") or errors:
                 errors.append(line.rstrip())
-            if time.monotonic() > deadline:
-                raise EnvironmentBuildError(
-                    f"pip did not finish within {BUILD_TIMEOUT_ENV} ({deadline:.0f} s budget); "
-                    "the environment was not changed"
-                )
         code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
