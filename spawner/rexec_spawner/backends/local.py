@@ -425,7 +425,7 @@ class LocalBackend(WorkerBackend):
             worker.state, worker.registered_once = "ready", True
             worker.note("worker connected to the broker")
         elif reported == "building":
-            worker.note(f"building environment {status.get('env', '?')} before connecting")
+            worker.note(f"building environment {status.get('env_id', '?')} before connecting")
         elif reported == "stopping":
             worker.note("worker is stopping")
 
