@@ -53,7 +53,7 @@ def main() -> None:
     try:
         with Session(stack.profile) as session:
             for _ in range(args.rounds):
-                if (session.worker_info or {}).get("env") != "base":
+                if (session.worker_info or {}).get("env_id") != "base":
                     timed(session, "", "base")
                 shutil.rmtree(home / "stack" / "envs", ignore_errors=True)
                 cold.append(timed(session, SET_A, "built"))

@@ -169,7 +169,7 @@ def apply_requirements(
     started = time.monotonic()
     session.connect()
     recorded, before = _record(session, requirements)
-    current = (session.worker_info or {}).get("env") or BASE_ENVIRONMENT
+    current = (session.worker_info or {}).get("env_id") or BASE_ENVIRONMENT
     wanted = recorded.get("env_id")
     if wanted is not None and wanted == current:
         _say(handler, f"environment {wanted} is already active; nothing to do\n")
@@ -225,10 +225,10 @@ def _wait_for_environment(session: Session, env_id: str, timeout: float) -> None
     deadline = time.monotonic() + timeout
     while True:
         info = session.worker_info or {}
-        if info.get("env") == env_id:
+        if info.get("env_id") == env_id:
             return
         if time.monotonic() >= deadline:
-            seen = info.get("env_error") or f"it runs {info.get('env', 'nothing')!r}"
+            seen = info.get("env_error") or f"it runs {info.get('env_id', 'nothing')!r}"
             raise WorkerDied(
                 f"the worker did not come back in environment {env_id} within {timeout:.0f} s "
                 f"({seen}); check the worker's log (`rexec status`)"

@@ -144,7 +144,7 @@ def current_env_id() -> str:
 
 def describe() -> dict[str, str]:
     """What the worker reports about its environment at registration."""
-    info = {"env": current_env_id()}
+    info = {"env_id": current_env_id()}
     if _startup_error:
         info["env_error"] = _startup_error[0]
     return info
@@ -409,7 +409,7 @@ def _enter(status: Callable[[str, dict[str, Any]], None]) -> str | None:
     if os.environ.get(ENTERED_ENV) == target.env_id:
         return f"environment {target.env_id} could not be entered; serving the base environment"
     if target.status == "built":
-        status("building", {"env": target.env_id})
+        status("building", {"env_id": target.env_id})
         log.info("building environment %s before registering", target.env_id)
         try:
             build(target.env_id, target.requirements, _log_lines)

@@ -64,4 +64,4 @@ def test_a_hanging_build_is_cancelled_at_the_deadline(
     assert worker.proc.poll() is None
     check = CollectingOutput()
     session.execute("print(kept)", output=check)
-    assert check.text() == "yes\n" and (session.worker_info or {}).get("env") == "base"
+    assert check.text() == "yes\n" and (session.worker_info or {}).get("env_id") == "base"

@@ -100,7 +100,7 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     assert built["status"] == "built" and built["restarted"] and not built["cached"]
     assert "Successfully installed six-1.16.0" in out.text()  # pip's output streamed to us
     assert "its variables are gone" in out.text()
-    assert session.worker_info is not None and session.worker_info["env"] == built["env_id"]
+    assert session.worker_info is not None and session.worker_info["env_id"] == built["env_id"]
     assert remote(session, "print('x' in dir())") == "False\n"
     # The environment's version wins over the base's (1.17), in cells and in functions.
     assert remote(session, "import six; print(six.__version__)") == "1.16.0\n"
@@ -141,7 +141,7 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     api.close()
     assert session.delete_worker()
     assert six_version(session) == "1.16.0"
-    assert (session.worker_info or {}).get("env") == built["env_id"]
+    assert (session.worker_info or {}).get("env_id") == built["env_id"]
     assert (stack_home / "stack" / "envs" / built["env_id"] / "rexec-env.json").is_file()
 
 
@@ -157,7 +157,7 @@ def test_worker_started_with_an_unbuilt_environment_builds_it_before_registering
     progress: list[str] = []
     with Session(profile, progress=progress.append) as fresh:
         assert six_version(fresh) == "1.15.0"
-        assert (fresh.worker_info or {}).get("env") == recorded["env_id"]
+        assert (fresh.worker_info or {}).get("env_id") == recorded["env_id"]
     assert any(f"building environment {recorded['env_id']}" in line for line in progress)
 
 
@@ -170,7 +170,7 @@ def recorded_env(profile: Profile) -> str:
 
 
 def test_failed_build_keeps_the_worker_and_its_variables(session: Session, profile: Profile):
-    before = (session.worker_info or {}).get("env")
+    before = (session.worker_info or {}).get("env_id")
     assert recorded_env(profile) == before
     remote(session, "survivor = 'still here'")
     with pytest.raises(EnvironmentBuildError) as info:
@@ -180,7 +180,7 @@ def test_failed_build_keeps_the_worker_and_its_variables(session: Session, profi
     assert "ERROR:" in message  # pip's own words
     assert "previous environment" in message
     assert remote(session, "print(survivor)") == "still here\n"
-    assert (session.worker_info or {}).get("env") == before
+    assert (session.worker_info or {}).get("env_id") == before
     # The spawner's record is put back too, so a restarted worker does not retry the failure.
     assert recorded_env(profile) == before
 
@@ -198,5 +198,5 @@ def test_refused_line_is_named_and_nothing_changes(session: Session, tmp_path: P
 def test_back_to_base(session: Session):
     apply_requirements(session, ENV_A, CollectingOutput())
     result = reset_environment(session, CollectingOutput())
-    assert result["env_id"] == "base" and (session.worker_info or {}).get("env") == "base"
+    assert result["env_id"] == "base" and (session.worker_info or {}).get("env_id") == "base"
     assert six_version(session) != "1.16.0"
