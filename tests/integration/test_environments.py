@@ -101,6 +101,8 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     assert "Successfully installed six-1.16.0" in out.text()  # pip's output streamed to us
     assert "its variables are gone" in out.text()
     assert session.worker_info is not None and session.worker_info["env_id"] == built["env_id"]
+    marker = stack_home / "stack" / "envs" / built["env_id"] / "rexec-env.json"
+    built_at = marker.stat().st_mtime_ns
     assert remote(session, "print('x' in dir())") == "False\n"
     # The environment's version wins over the base's (1.17), in cells and in functions.
     assert remote(session, "import six; print(six.__version__)") == "1.16.0\n"
@@ -129,6 +131,7 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     assert back["status"] == "cached" and back["env_id"] == built["env_id"]
     assert "Successfully installed" not in back_out.text() and "pip install" not in back_out.text()
     assert switch_seconds < build_seconds
+    assert marker.stat().st_mtime_ns == built_at  # reused as it was, not rebuilt
     assert six_version(session) == "1.16.0"
     print(
         f"\nenvironment timings: build {build_seconds:.2f} s, cached switch "
@@ -142,7 +145,7 @@ def test_build_use_cache_switch_and_persist(session: Session, profile: Profile, 
     assert session.delete_worker()
     assert six_version(session) == "1.16.0"
     assert (session.worker_info or {}).get("env_id") == built["env_id"]
-    assert (stack_home / "stack" / "envs" / built["env_id"] / "rexec-env.json").is_file()
+    assert marker.stat().st_mtime_ns == built_at
 
 
 def test_worker_started_with_an_unbuilt_environment_builds_it_before_registering(
