@@ -77,8 +77,9 @@ SEND_GRACE = 0.2
 SEND_TIMEOUT = 2.0
 
 
-class EnvironmentBuildError(RexecError):
-    """The installer failed; the message carries its own error lines."""
+class BuildFailed(RexecError):
+    """The installer failed or timed out; the message carries pip's own error lines. Clients
+    receive it as ``rexec.client.environment.EnvironmentBuildError``."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _build_lock(root: Path, env_id: str, timeout: float) -> Any:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise EnvironmentBuildError(
+                    raise BuildFailed(
                         f"another worker has been building environment {env_id} for over "
                         f"{timeout:.0f} s; try again later"
                     ) from None
@@ -227,7 +228,7 @@ def build(
 ) -> Path:
     """Build environment ``env_id`` (or find it built); returns its directory.
 
-    ``write`` receives the installer's output as it comes. Raises ``EnvironmentBuildError``
+    ``write`` receives the installer's output as it comes. Raises ``BuildFailed``
     with pip's own error lines when the installation fails; nothing is left behind then.
     """
     root = env_root()
@@ -274,7 +275,7 @@ def _lines(process: subprocess.Popen[bytes], deadline: float) -> Iterator[str]:
     pending = ""
     while True:
         if time.monotonic() > deadline:
-            raise EnvironmentBuildError(
+            raise BuildFailed(
                 f"pip did not finish in time (limit: {BUILD_TIMEOUT_ENV}); the environment was "
                 "not changed"
             )
@@ -332,7 +333,7 @@ def _run_pip(
         process.stdout.close()
     if code != 0:
         shown = "\n".join(errors[-ERROR_LINES:]) or f"pip exited with code {code}"
-        raise EnvironmentBuildError(
+        raise BuildFailed(
             f"pip could not install {', '.join(requirements.lines())}:\n{shown}\n"
             "The worker keeps running in its previous environment; nothing was lost"
         )
@@ -413,7 +414,7 @@ def _enter(status: Callable[[str, dict[str, Any]], None]) -> str | None:
         log.info("building environment %s before registering", target.env_id)
         try:
             build(target.env_id, target.requirements, _log_lines)
-        except (EnvironmentBuildError, OSError) as exc:
+        except (BuildFailed, OSError) as exc:
             return f"environment {target.env_id} could not be built: {exc}"
     exec_worker(target)
     return None  # pragma: no cover - exec does not return
@@ -485,7 +486,7 @@ def _handle(ctx: Any, payload: list[Any], restart: Callable[[Target], None]) -> 
         except KeyboardInterrupt:
             ctx.finish(p.make_reply(ctx.request_id, p.STATUS_CANCELLED))
             return
-        except (EnvironmentBuildError, OSError) as exc:
+        except (BuildFailed, OSError) as exc:
             ctx.finish(p.make_error_reply(ctx.request_id, p.E_ENVIRONMENT, str(exc)))
             return
     else:

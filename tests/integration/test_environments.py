@@ -183,6 +183,9 @@ def test_failed_build_keeps_the_worker_and_its_variables(session: Session, profi
     assert "ERROR:" in message  # pip's own words
     assert "previous environment" in message
     assert remote(session, "print(survivor)") == "still here\n"
+    with pytest.raises(EnvironmentBuildError, match="conflicting"):
+        apply_requirements(session, "six==1.16.0\nsix==1.15.0\n", CollectingOutput())
+    assert remote(session, "print(survivor)") == "still here\n"
     assert (session.worker_info or {}).get("env_id") == before
     # The spawner's record is put back too, so a restarted worker does not retry the failure.
     assert recorded_env(profile) == before
