@@ -324,7 +324,8 @@ class SpawnerSettings:
         backend = overrides.get("backend") or text("REXEC_SPAWNER_BACKEND")
         if backend == "kubernetes" and "kubernetes" not in overrides:
             values["kubernetes"] = KubernetesSettings.from_env(source)
-        values.update(overrides)
+        # None means "not given on the command line": the environment value stays.
+        values.update({key: value for key, value in overrides.items() if value is not None})
         given = {key: value for key, value in values.items() if value is not None}
         if "auth" not in given:
             given["auth"] = AuthSettings.from_env(source)
