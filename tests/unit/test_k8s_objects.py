@@ -361,3 +361,13 @@ def test_pick_idle_never_picks_a_busy_worker():
 
     rows = [row("idle", 0, 100), row("fresh", 0, 5), row("busy", 2, 0.0)]
     assert [r.worker for r in pick_idle(rows, 60)] == ["idle"]
+
+
+def test_unset_command_line_options_leave_the_environment_alone():
+    parsed = SpawnerSettings.from_env(
+        {"REXEC_SPAWNER_BACKEND": "kubernetes", "REXEC_K8S_RELEASE": "prod"},
+        backend=None,
+        port=None,
+        signing_key_path=Path("/x"),
+    )
+    assert parsed.backend == "kubernetes" and parsed.kubernetes.release == "prod"
