@@ -209,11 +209,10 @@ def _switch(
         body = p.make_json_frame({"requirements": lines})
         return p.make_request(request_id, p.OP_ENVIRONMENT, [body])
 
-    try:
-        header, payload = session._run(frames_for, timeout, output)
-    except WorkerDied:
-        return None  # the reply was lost as the worker restarted; registration tells the rest
+    header, payload = session._run(frames_for, timeout, output)
     error = header.get("error") or {}
+    if error.get("code") == p.E_WORKER_DIED:
+        return None  # the reply was lost as the worker restarted; registration tells the rest
     if error.get("code") == p.E_ENVIRONMENT:
         raise EnvironmentBuildError(str(error.get("message")))
     raise_for_reply(header, payload)

@@ -237,8 +237,9 @@ def build(
     with _build_lock(root, env_id, LOCK_TIMEOUT):
         if is_complete(final):
             return final
-        if final.exists():  # an incomplete leftover from a crash: never trusted
-            shutil.rmtree(final, ignore_errors=True)
+        # Leftovers of builds that crashed (we hold the lock, so nobody else is building it).
+        for stale in [final, *root.glob(f"{env_id}.partial-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         partial = root / f"{env_id}.partial-{secrets.token_hex(4)}"
         try:
             started = time.monotonic()
@@ -314,8 +315,7 @@ def _run_pip(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
-        start_new_session=True,
-    )
+    )  # in the worker's process group, so stopping the worker's group stops pip too
     assert process.stdout is not None
     errors: list[str] = []
     try:
@@ -325,8 +325,7 @@ def _run_pip(
                 errors.append(line.rstrip())
         code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 9)
+        process.kill()
         process.wait(10)
         raise
     finally:

@@ -4,6 +4,7 @@ killed, nothing is left behind, and the worker keeps its environment and its var
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from rexec.client.environment import apply_requirements
 from rexec.client.outputs import CollectingOutput
-from rexec.errors import CallTimeout
+from rexec.errors import CallTimeout, WorkerDied
 from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,15 +41,20 @@ def silent_index() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.getsockname()[1]}/simple"
 
 
-def test_a_hanging_build_is_cancelled_at_the_deadline(
-    broker_stack, session_factory, silent_index, tmp_path: Path, monkeypatch
-):
+@pytest.fixture
+def hanging_pip(silent_index: str, tmp_path: Path, monkeypatch) -> Path:
+    """Workers started now install from an index that never answers; returns their env root."""
     envs = tmp_path / "envs"
     monkeypatch.setenv("REXEC_ENV_ROOT", str(envs))
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")  # no site indexes or wheel directories
     monkeypatch.setenv("PIP_INDEX_URL", silent_index)
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "60")
+    return envs
+
+
+def test_a_hanging_build_is_cancelled_at_the_deadline(broker_stack, session_factory, hanging_pip):
+    envs = hanging_pip
     worker = broker_stack.start_worker("alice")
     session = session_factory(broker_stack.profile(broker_stack.add_user("alice")))
     session.execute("kept = 'yes'")
@@ -65,3 +71,20 @@ def test_a_hanging_build_is_cancelled_at_the_deadline(
     check = CollectingOutput()
     session.execute("print(kept)", output=check)
     assert check.text() == "yes\n" and (session.worker_info or {}).get("env_id") == "base"
+
+
+def test_a_worker_dying_mid_build_is_an_error_within_the_deadline(
+    broker_stack, session_factory, hanging_pip
+):
+    worker = broker_stack.start_worker("alice")
+    session = session_factory(broker_stack.profile(broker_stack.add_user("alice")))
+    out = CollectingOutput()
+    killer = threading.Timer(2.0, worker.proc.kill)
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkerDied, match="did not come back in environment"):
+            apply_requirements(session, "six==1.16.0", out, restart_timeout=3)
+    finally:
+        killer.cancel()
+    assert time.monotonic() - started < 15
