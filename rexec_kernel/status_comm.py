@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rexec.client.session import Session
@@ -274,22 +272,14 @@ class StatusChannel:
         return {**_done(request, True, f"last {tail} lines"), "text": text}
 
     def _environment(self, data: dict[str, Any], request: str) -> dict[str, Any]:
-        from rexec.client import environment
+        from rexec.client.environment import apply_requirements
 
         text = str(data.get("requirements") or "")
         session = self._session()
         output = _CommOutput(lambda chunk: self._send(_output(request, chunk)))
         with self.activity():
-            apply_requirements = getattr(environment, "apply_requirements", None)
-            if apply_requirements is not None:
-                result = apply_requirements(session, text, output=output)
-            else:
-                with tempfile.TemporaryDirectory(prefix="rexec-env-") as tmp:
-                    path = Path(tmp) / "requirements.txt"
-                    path.write_text(text)
-                    result = environment.set_environment(session, path, output=output)
-        summary = _describe_environment(result)
-        return _done(request, True, summary)
+            result = apply_requirements(session, text, output=output)
+        return _done(request, True, _describe_environment(result))
 
 
 class _Discard:
@@ -313,16 +303,18 @@ class _CommOutput:
 
 
 def _describe_environment(result: Any) -> str:
-    if isinstance(result, dict):
-        env_id = result.get("env_id")
-        installed = result.get("installed") or result.get("requirements")
-        parts = ["environment applied"]
-        if installed:
-            parts.append(", ".join(str(item) for item in installed))
-        if env_id:
-            parts.append(f"id {env_id}")
-        return "; ".join(parts)
-    return "environment applied"
+    """One line for the panel, from ``apply_requirements``' result."""
+    if not isinstance(result, dict):
+        return "environment applied"
+    parts = [f"environment {result.get('env_id') or 'applied'}"]
+    if result.get("status"):
+        parts.append(str(result["status"]))
+    requirements = result.get("requirements") or result.get("installed")
+    if requirements:
+        parts.append(", ".join(str(item) for item in requirements))
+    if result.get("restarted"):
+        parts.append("the worker restarted: its variables are gone")
+    return "; ".join(parts)
 
 
 def _done(request: str, ok: bool, message: str) -> dict[str, Any]:

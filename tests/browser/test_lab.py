@@ -113,10 +113,13 @@ def test_stop_button_interrupts_and_the_namespace_survives(
     expect(rexec_notebook.output(after)).to_contain_text("still here")
 
 
-def test_status_bar_shows_busy_then_ready(shown: Page, rexec_notebook: Notebook) -> None:
+def test_status_bar_shows_busy_then_ready(
+    shown: Page, rexec_notebook: Notebook, browser_stack: LocalStack
+) -> None:
     item = status_item(shown)
     expect(item).to_have_attribute("data-state", "ready", timeout=30_000)
-    expect(item).to_contain_text("env")
+    env_id = spawner_worker(browser_stack)["info"].get("env_id") or "unknown"
+    expect(item).to_contain_text(f"env {env_id}")
     index = rexec_notebook.run("import time\ntime.sleep(4)", wait=False)
     expect(item).to_have_attribute("data-state", "busy", timeout=10_000)
     expect(item).to_contain_text("Rexec: busy")
@@ -168,6 +171,27 @@ def test_restart_from_the_panel_gives_a_new_worker(
     shown.keyboard.press("Escape")
     index = rexec_notebook.run("import os\nprint('now', os.getpid())")
     expect(rexec_notebook.output(index)).to_contain_text(f"now {new_pid}")
+
+
+def test_change_environment_from_the_panel(
+    shown: Page, rexec_notebook: Notebook, browser_stack: LocalStack
+) -> None:
+    rexec_notebook.panel.click()
+    status_item(shown).click()
+    panel = shown.locator(".rexec-DetailsPanel")
+    panel.locator(".rexec-requirements").fill("six>=1.10")
+    panel.locator(".rexec-apply-env").click()
+    # pip's output streams into the panel while the environment is built.
+    expect(panel.locator(".rexec-DetailsPanel-output")).to_contain_text("six", timeout=120_000)
+    message = panel.locator(".rexec-DetailsPanel-message")
+    expect(message).to_have_attribute("data-outcome", "ok", timeout=180_000)
+    env_id = text_of(message).split()[1].rstrip(";")
+    assert env_id not in ("", "base", "applied"), text_of(message)
+    shown.keyboard.press("Escape")
+    item = status_item(shown)
+    expect(item).to_contain_text(f"env {env_id}", timeout=60_000)
+    index = rexec_notebook.run("import six, sys\nprint('env python', sys.prefix)")
+    expect(rexec_notebook.output(index)).to_contain_text(env_id)
 
 
 def test_magics_stream_into_the_output_widget(shown: Page) -> None:
