@@ -146,6 +146,7 @@ class RexecMagics(Magics):
         print(f"worker: {describe_worker(session)}")
         if info:
             print(f"python: {info.get('python')} (rexec {info.get('rexec')})")
+            print(f"env:    {info.get('env_id', 'base')}")
         for warning in session.skew_warnings:
             print(f"warning: {warning}")
 

@@ -227,7 +227,7 @@ class Worker:
     def _restart_into(self, target: envs.Target) -> None:
         """After an environment switch was answered: let the reply leave, then exec."""
         envs.wait_sent(lambda: not self.channel._outbox)
-        self._write_status("connecting")
+        self._write_status("restarting")
         envs.exec_worker(target, self._saved_fds)
 
     def _guarded(self, ctx: RequestContext, target: Any, *args: Any) -> None:

@@ -412,8 +412,11 @@ class LocalBackend(WorkerBackend):
         reported = status.get("state")
         if reported == worker.reported_state:
             return
+        previous = worker.reported_state
         worker.reported_state = reported if isinstance(reported, str) else None
-        if reported == "connecting":
+        if reported == "connecting" and previous == "restarting":
+            worker.note("worker restarted in its new environment; connecting to the broker")
+        elif reported == "connecting":
             if worker.registered_once:
                 worker.state = "starting"
                 worker.note("worker lost the broker; reconnecting")
@@ -424,6 +427,9 @@ class LocalBackend(WorkerBackend):
         elif reported == "registered":
             worker.state, worker.registered_once = "ready", True
             worker.note("worker connected to the broker")
+        elif reported == "restarting":
+            worker.state = "starting"
+            worker.note("worker restarting into another environment (its variables are gone)")
         elif reported == "building":
             worker.note(f"building environment {status.get('env_id', '?')} before connecting")
         elif reported == "stopping":
