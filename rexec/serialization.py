@@ -176,8 +176,11 @@ class SourceUnavailable(VersionSkewError):
     """A function cannot be shipped as source (a lambda, a closure, no source file)."""
 
 
-def function_source(fn: Any) -> dict[str, Any]:
-    """What ``loads_function`` needs to rebuild ``fn`` from source on another Python version."""
+def function_source(fn: Any, _seen: set[int] | None = None) -> dict[str, Any]:
+    """What ``loads_function`` needs to rebuild ``fn`` from source on another Python version:
+    its ``def`` without decorators, the modules it uses, plain-data and importable globals
+    (pickled by reference or value with the version-neutral C pickler), and the notebook
+    functions it calls, as source too. Other names are looked up on the worker."""
     fn = getattr(fn, "__rexec_function__", fn)
     name = getattr(fn, "__name__", type(fn).__name__)
     why = None
@@ -204,21 +207,37 @@ def function_source(fn: Any) -> dict[str, Any]:
     if node is None:
         raise SourceUnavailable(f"{name}: its definition was not found in its source")
     node.decorator_list = []
+    seen = _seen if _seen is not None else set()
+    seen.add(id(fn))
     modules: dict[str, str] = {}
     values: dict[str, str] = {}
+    helpers: dict[str, Any] = {}
     for ref in _global_names(fn.__code__):
         value = fn.__globals__.get(ref, _MISSING)
+        value = getattr(value, "__rexec_function__", value)
+        if value is _MISSING or id(value) in seen or value is getattr(builtins, ref, _MISSING):
+            continue
         if isinstance(value, types.ModuleType):
             modules[ref] = value.__name__
-        elif value is not _MISSING and not callable(value) and not hasattr(builtins, ref):
-            try:  # plain data only: the C pickler with no by-value code is version-neutral
+        elif isinstance(value, types.FunctionType) and _needs_by_value(value):
+            try:
+                helpers[ref] = function_source(value, seen)
+            except SourceUnavailable:
+                continue
+        else:
+            try:
                 data = pickle.dumps(value, protocol=4)
             except Exception:
                 continue
             if b"__main__" not in data:
                 values[ref] = data.hex()
-        # Anything else is looked up on the worker, in its interactive namespace.
-    return {"name": name, "source": ast.unparse(node), "modules": modules, "values": values}
+    return {
+        "name": name,
+        "source": ast.unparse(node),
+        "modules": modules,
+        "values": values,
+        "helpers": helpers,
+    }
 
 
 def _function_from_source(spec: dict[str, Any]) -> Any:
@@ -226,6 +245,8 @@ def _function_from_source(spec: dict[str, Any]) -> Any:
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for alias, module in dict(spec.get("modules") or {}).items():
         namespace[alias] = importlib.import_module(module)
+    for ref, helper in dict(spec.get("helpers") or {}).items():
+        namespace[ref] = _function_from_source(helper)
     for ref, data in dict(spec.get("values") or {}).items():
         namespace[ref] = pickle.loads(bytes.fromhex(data))
     exec(compile(str(spec["source"]), f"<rexec: source of {name}>", "exec"), namespace)

@@ -124,3 +124,20 @@ def test_skew_messages_name_both_sides_and_the_fix():
     assert any("pip install cloudpickle==3.0.0" in p for p in problems)
     assert ships_source(worker, mine) and not ships_source(mine, mine)
     assert not ships_source({}, mine)
+
+
+def test_notebook_helpers_travel_as_source_too():
+    import linecache
+
+    src = (
+        "import math\nK = 2\n\ndef helper(x):\n    return math.floor(x) * K\n\n"
+        "def main(x):\n    return helper(x) + 1\n"
+    )
+    filename = "<notebook cell>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    exec(compile(src, filename, "exec"), namespace)
+    spec = ser.function_source(namespace["main"])
+    assert set(spec["helpers"]) == {"helper"} and set(spec["helpers"]["helper"]["values"]) == {"K"}
+    rebuilt = ser.loads_function(ser.dumps_function(namespace["main"], by_source=True))
+    assert rebuilt(3.7) == 7
