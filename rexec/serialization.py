@@ -47,6 +47,9 @@ SER_DILL: Final = "dill"
 PYTHON_MINOR: Final = "{}.{}".format(*sys.version_info[:2])
 _DILL_FUNCTION: Final = b"rexec-fn-dill "
 _SOURCE_FUNCTION: Final = b"rexec-fn-source "
+# Globals larger than this do not travel inside a function shipped as source (pass them as
+# arguments): they would be sent again with every call.
+MAX_SOURCE_GLOBAL_BYTES: Final = 64 * 1024
 
 # Buffers smaller than this stay in the pickle stream: a frame per tiny buffer costs more than
 # copying it.
@@ -229,7 +232,7 @@ def function_source(fn: Any, _seen: set[int] | None = None) -> dict[str, Any]:
                 data = pickle.dumps(value, protocol=4)
             except Exception:
                 continue
-            if b"__main__" not in data:
+            if b"__main__" not in data and len(data) <= MAX_SOURCE_GLOBAL_BYTES:
                 values[ref] = data.hex()
     return {
         "name": name,
