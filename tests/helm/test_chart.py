@@ -15,7 +15,6 @@ from tests.helm.tools import (
     CHART,
     FULL_VALUES,
     NAMESPACE,
-    SPAWNER_ENV_BUG,
     container,
     env_of,
     find,
@@ -425,7 +424,6 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert settings.env_allow_options is False and settings.env_allow_urls is False
 
 
-@SPAWNER_ENV_BUG
 def test_spawner_command_line_reads_the_rendered_environment(
     helm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -112,29 +112,3 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
 def env_of(container_spec: dict[str, Any]) -> dict[str, Any]:
     """Name -> value (or the valueFrom dict) of a container's environment."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container_spec.get("env", [])}
-
-
-def spawner_cli_ignores_env() -> bool:
-    """True while `rexec spawner` lets its absent options override REXEC_* variables (a known
-    bug in rexec_spawner.cli.settings_from_args): the chart configures the spawner by env."""
-    from rexec_spawner.cli import make_parser, settings_from_args
-
-    saved = os.environ.get("REXEC_SPAWNER_PORT")
-    os.environ["REXEC_SPAWNER_PORT"] = "18751"
-    try:
-        return settings_from_args(make_parser().parse_args([])).port != 18751
-    except Exception:
-        return True
-    finally:
-        if saved is None:
-            del os.environ["REXEC_SPAWNER_PORT"]
-        else:
-            os.environ["REXEC_SPAWNER_PORT"] = saved
-
-
-SPAWNER_ENV_BUG = pytest.mark.xfail(
-    spawner_cli_ignores_env(),
-    reason="`rexec spawner` ignores REXEC_* settings that also have options (None overrides "
-    "clobber them in SpawnerSettings.from_env); the chart sets them by env",
-    strict=True,
-)

@@ -23,9 +23,7 @@ import yaml
 from tests.helm.tools import (
     CHART,
     FULL_VALUES,
-    SPAWNER_ENV_BUG,
     render,
-    spawner_cli_ignores_env,
     template_args,
     tools_dir,
 )
@@ -145,9 +143,6 @@ def test_api_server_accepts_every_rendered_object(
 # --- the rendered Deployments run ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    spawner_cli_ignores_env(), reason=SPAWNER_ENV_BUG.kwargs["reason"], run=False, strict=True
-)
 def test_rendered_chart_runs_a_users_code_end_to_end(
     k8s_cluster: K8sCluster,
     k8s_namespace: str,
