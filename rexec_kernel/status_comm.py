@@ -108,9 +108,9 @@ class StatusChannel:
         with self._lock:
             self._comms.pop(comm_id, None)
 
-    def _send(self, data: dict[str, Any], only: Any = None) -> None:
+    def _send(self, data: dict[str, Any]) -> None:
         with self._lock:
-            comms = [only] if only is not None else list(self._comms.values())
+            comms = list(self._comms.values())
         session, iopub = self._kernel.session, self._kernel.iopub_socket
         for comm in comms:
             try:

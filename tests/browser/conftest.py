@@ -141,6 +141,11 @@ def lab(browser_stack: LocalStack) -> Iterator[LabServer]:
     token = secrets.token_hex(16)
     port = _free_port()
     env = browser_stack.env(
+        # In a venv made with --system-site-packages, extensions installed with the base
+        # interpreter (the widget manager) live under its prefix, which Jupyter does not search.
+        JUPYTER_PATH=os.pathsep.join(
+            [browser_stack.env()["JUPYTER_PATH"], str(Path(sys.base_prefix) / "share" / "jupyter")]
+        ),
         JUPYTER_CONFIG_DIR=str(root / "config"),
         JUPYTER_DATA_DIR=str(root / "data"),
         JUPYTER_RUNTIME_DIR=str(root / "runtime"),
