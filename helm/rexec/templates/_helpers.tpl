@@ -26,6 +26,10 @@
 {{- define "rexec.brokerExternalName" -}}{{ include "rexec.fullname" . }}-broker-external-ip{{- end -}}
 {{- define "rexec.brokerInternalName" -}}{{ include "rexec.fullname" . }}-broker-internal-ip{{- end -}}
 {{- define "rexec.spawnerName" -}}{{ include "rexec.fullname" . }}-spawner{{- end -}}
+{{/* Cluster-scoped, so the namespace is part of the name: two releases never collide. */}}
+{{- define "rexec.spawnerClusterRoleName" -}}
+{{- printf "%s-%s-spawner" .Release.Namespace (include "rexec.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- define "rexec.keygenName" -}}{{ include "rexec.fullname" . }}-curve-keygen{{- end -}}
 
 {{- define "rexec.spawnerServiceAccountName" -}}
@@ -177,4 +181,9 @@ securityContext:
 {{- else -}}
 {{- printf "tcp://%s.%s.svc.%s:%v" (include "rexec.brokerExternalName" .) .Release.Namespace .Values.clusterDomain .Values.broker.frontendPort -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Whether the chart generates the CurveZMQ keypair (with the key-generation Job). */}}
+{{- define "rexec.curveKeygenEnabled" -}}
+{{- if and .Values.curve.enabled (not .Values.curve.existingSecret) .Values.curve.generate -}}true{{- end -}}
 {{- end -}}
