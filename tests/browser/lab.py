@@ -83,6 +83,30 @@ def status_item(page: Page) -> Locator:
     return page.locator(".rexec-StatusItem")
 
 
+def record_status(page: Page) -> None:
+    """Start recording every text the status item shows (transient states included)."""
+    page.evaluate(
+        """() => {
+          const item = document.querySelector('.rexec-StatusItem');
+          window.rexecSeen = [item.textContent];
+          window.rexecObserver?.disconnect();
+          window.rexecObserver = new MutationObserver(() => {
+            const text = item.textContent;
+            if (window.rexecSeen[window.rexecSeen.length - 1] !== text) {
+              window.rexecSeen.push(text);
+            }
+          });
+          window.rexecObserver.observe(item, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+
+
+def recorded_status(page: Page) -> list[str]:
+    """The status item's texts since :func:`record_status`, in order."""
+    seen: Any = page.evaluate("() => window.rexecSeen")
+    return [str(text) for text in seen]
+
+
 def text_of(locator: Locator) -> str:
     value: Any = locator.inner_text()
     return str(value)

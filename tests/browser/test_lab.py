@@ -8,7 +8,9 @@ the notebooks earlier tests opened, as a person's Lab would.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +20,15 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import LabServer
-from tests.browser.lab import Notebook, new_notebook, open_workspace, status_item, text_of
+from tests.browser.lab import (
+    Notebook,
+    new_notebook,
+    open_workspace,
+    record_status,
+    recorded_status,
+    status_item,
+    text_of,
+)
 from tests.kernel.stack import LocalStack
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(300)]
@@ -128,6 +138,22 @@ def test_status_bar_shows_busy_then_ready(
     expect(item).to_contain_text("Rexec: ready")
 
 
+def test_a_dead_worker_shows_and_the_next_cell_gets_a_new_one(
+    shown: Page, rexec_notebook: Notebook, browser_stack: LocalStack
+) -> None:
+    item = status_item(shown)
+    expect(item).to_have_attribute("data-state", "ready", timeout=30_000)
+    pid = spawner_worker(browser_stack)["info"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    expect(item).to_have_attribute("data-state", "dead", timeout=30_000)
+    index = rexec_notebook.run("import os\nprint('respawned', os.getpid())")
+    output = rexec_notebook.output(index)
+    expect(output).to_contain_text("respawned")
+    new_pid = int(re.search(r"respawned (\d+)", text_of(output)).group(1))  # type: ignore[union-attr]
+    assert new_pid != pid
+    expect(item).to_have_attribute("data-state", "ready", timeout=30_000)
+
+
 def test_tab_completes_a_remote_variable(shown: Page, rexec_notebook: Notebook) -> None:
     rexec_notebook.run("remote_only_alpha = 1\nremote_only_beta = 2")
     rexec_notebook.type_in_last_cell("remote_only_")
@@ -158,6 +184,7 @@ def test_restart_from_the_panel_gives_a_new_worker(
 ) -> None:
     old_pid = spawner_worker(browser_stack)["info"]["pid"]
     rexec_notebook.panel.click()
+    record_status(shown)
     status_item(shown).click()
     panel = shown.locator(".rexec-DetailsPanel")
     panel.locator(".rexec-restart").click()
@@ -168,6 +195,10 @@ def test_restart_from_the_panel_gives_a_new_worker(
     expect(item).to_have_attribute("data-state", "ready", timeout=30_000)
     new_pid = spawner_worker(browser_stack)["info"]["pid"]
     assert new_pid != old_pid
+    # On the way the status bar showed the spawn progress.
+    seen = recorded_status(shown)
+    assert any(text.startswith("Rexec: starting · ") for text in seen), seen
+    assert any("worker process" in text for text in seen), seen
     shown.keyboard.press("Escape")
     index = rexec_notebook.run("import os\nprint('now', os.getpid())")
     expect(rexec_notebook.output(index)).to_contain_text(f"now {new_pid}")
