@@ -204,6 +204,29 @@ def test_restart_from_the_panel_gives_a_new_worker(
     expect(rexec_notebook.output(index)).to_contain_text(f"now {new_pid}")
 
 
+def test_kernel_restart_gives_a_fresh_namespace_and_the_status_comes_back(
+    shown: Page, rexec_notebook: Notebook, browser_stack: LocalStack
+) -> None:
+    rexec_notebook.run("before_restart = 1")
+    old_pid = spawner_worker(browser_stack)["info"]["pid"]
+    rexec_notebook.panel.click()
+    record_status(shown)
+    shown.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    shown.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel")).first.click()
+    shown.locator(".jp-Dialog button.jp-mod-accept").click()
+    # The old kernel's status goes away; the restarted kernel opens a new status channel.
+    shown.wait_for_function(
+        "() => window.rexecSeen.some(text => text.startsWith('Rexec: not connected'))",
+        timeout=30_000,
+    )
+    expect(status_item(shown)).to_have_attribute("data-state", "ready", timeout=60_000)
+    index = rexec_notebook.run("import os\nprint('kept:', 'before_restart' in dir(), os.getpid())")
+    found = re.search(r"kept: (True|False) (\d+)", text_of(rexec_notebook.output(index)))
+    assert found, text_of(rexec_notebook.output(index))
+    assert found.group(1) == "False"
+    assert int(found.group(2)) != old_pid
+
+
 def test_change_environment_from_the_panel(
     shown: Page, rexec_notebook: Notebook, browser_stack: LocalStack
 ) -> None:
