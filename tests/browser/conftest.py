@@ -1,5 +1,7 @@
 """Fixtures of the `browser` tier: a real local stack, a real ``jupyter lab`` on 127.0.0.1 and
-Debian's Chromium driven by Playwright — one of each for the whole tier.
+Debian's Chromium driven by Playwright — one of each per test module. Module scope matters:
+Playwright's sync API runs an event loop in the main thread while it is up, so it must be
+stopped before tests of other tiers that call ``asyncio.run``.
 
 Chromium comes from Debian (``/usr/bin/chromium``), never from Playwright's downloader. When it
 or the Playwright module is missing the tests are skipped, except under ``CI=true``, where
@@ -118,13 +120,13 @@ def _extension_installed() -> bool:
     return EXTENSION in found.stdout + found.stderr
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_stack() -> Iterator[LocalStack]:
     _ensure_browser()
     yield from start_stack()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab(browser_stack: LocalStack) -> Iterator[LabServer]:
     """``jupyter lab`` on 127.0.0.1 with its own config, data and runtime dirs and a token."""
     if not _extension_installed():
@@ -210,7 +212,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
