@@ -53,6 +53,11 @@ def check_skew(worker: dict[str, Any], local: dict[str, Any] | None = None) -> l
                 f"the worker has {package} {theirs}, your notebook {package} {ours}: install the "
                 f"same version on both sides (pip install {package}=={ours})"
             )
+    if worker.get("env_error"):
+        problems.append(
+            f"the worker is not in the environment set for it: {worker['env_error']}. Set one "
+            "that installs (%rexec_env / set_environment) or go back with %rexec_env --reset"
+        )
     theirs_proto = worker.get("protocol")
     if theirs_proto is not None and theirs_proto != mine["protocol"]:
         problems.append(

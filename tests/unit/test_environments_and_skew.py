@@ -141,3 +141,10 @@ def test_notebook_helpers_travel_as_source_too():
     assert set(spec["helpers"]) == {"helper"} and set(spec["helpers"]["helper"]["values"]) == {"K"}
     rebuilt = ser.loads_function(ser.dumps_function(namespace["main"], by_source=True))
     assert rebuilt(3.7) == 7
+
+
+def test_a_worker_outside_its_environment_is_reported():
+    mine = local_info()
+    problems = check_skew({**mine, "env_error": "environment abc could not be built: ..."}, mine)
+    assert len(problems) == 1 and "environment abc could not be built" in problems[0]
+    assert "%rexec_env --reset" in problems[0]
