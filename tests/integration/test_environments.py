@@ -201,6 +201,24 @@ def test_refused_line_is_named_and_nothing_changes(session: Session, tmp_path: P
     assert remote(session, "print(stays)") == "1\n"
 
 
+@pytest.mark.filterwarnings("ignore:the worker is not in the environment")
+def test_a_worker_whose_environment_cannot_be_built_serves_from_base_and_says_why(
+    session: Session, profile: Profile
+):
+    api = EnvironmentClient(profile.spawner_url or "", profile.require_token())
+    try:
+        api.put_environment("default", ["rexec-no-such-package-zz9==1.0"])
+        assert session.delete_worker()
+        with Session(profile) as fresh:
+            assert fresh.call(lambda: 42) == 42
+            info = fresh.worker_info or {}
+            assert info.get("env_id") == "base" and "could not be built" in info["env_error"]
+            assert any("not in the environment set for it" in w for w in fresh.skew_warnings)
+    finally:
+        api.delete_environment("default")
+        api.close()
+
+
 def test_back_to_base(session: Session):
     apply_requirements(session, ENV_A, CollectingOutput())
     result = reset_environment(session, CollectingOutput())
