@@ -217,6 +217,7 @@ def test_a_worker_whose_environment_cannot_be_built_serves_from_base_and_says_wh
     finally:
         api.delete_environment("default")
         api.close()
+        session.delete_worker()  # the next test gets a worker without the failed environment
 
 
 def test_back_to_base(session: Session):
