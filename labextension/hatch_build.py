@@ -13,6 +13,7 @@ so ``pip install -e ".[local]"`` works on a machine with no JupyterLab in sight;
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import warnings
@@ -46,6 +47,8 @@ class LabextensionHook(BuildHookInterface):  # type: ignore[type-arg]
 
     def dependencies(self) -> list[str]:
         """JupyterLab, for jlpm, when there is something to build and Node.js to build it."""
+        if os.environ.get("SKIP_JUPYTER_BUILDER"):
+            return []
         due = needs_build(Path(self.root) / "labextension") and shutil.which("node") is not None
         return [JUPYTERLAB] if due else []
 
