@@ -114,6 +114,8 @@ def test_worker_pod_manifest():
                         {"name": "TMPDIR", "value": "/tmp"},
                         {"name": "PYTHONUNBUFFERED", "value": "1"},
                         {"name": "REXEC_ENV_ROOT", "value": "/opt/rexec/envs"},
+                        {"name": "REXEC_ENV_ALLOW_OPTIONS", "value": "0"},
+                        {"name": "REXEC_ENV_ALLOW_URLS", "value": "0"},
                         {"name": "REXEC_ENV_ID", "value": "env-1"},
                         {"name": "REXEC_ENV_REQUIREMENTS", "value": '["numpy>=1.26"]'},
                     ],
@@ -171,6 +173,15 @@ def test_profile_and_public_key_reach_the_pod():
     assert pod["metadata"]["annotations"]["rexec.dev/profile"] == "big"
     assert "nodeSelector" not in pod["spec"]
     assert not any(e["name"].startswith("REXEC_ENV_ID") for e in container["env"])
+
+
+def test_operator_requirements_policy_reaches_the_pod():
+    allowing = SpawnerSettings(**{**settings().__dict__, "env_allow_urls": True})
+    env = objects.make_worker_pod(make_worker_spec(allowing, "alice", "default", "abc"))["spec"][
+        "containers"
+    ][0]["env"]
+    assert {"name": "REXEC_ENV_ALLOW_URLS", "value": "1"} in env
+    assert {"name": "REXEC_ENV_ALLOW_OPTIONS", "value": "0"} in env
 
 
 def test_credential_lives_only_in_the_secret():

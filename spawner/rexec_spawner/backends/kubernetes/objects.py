@@ -153,6 +153,7 @@ def _worker_env(spec: WorkerSpec) -> list[Manifest]:
     }
     if spec.broker_public_key:
         variables["REXEC_BROKER_PUBLIC_KEY"] = spec.broker_public_key
+    variables.update(spec.policy_variables)
     if spec.environment is not None:
         variables.update(spec.environment.worker_variables())
     return [{"name": name, "value": value} for name, value in variables.items()]

@@ -48,6 +48,8 @@ class WorkerSpec:
     network: NetworkSpec
     node_selector: tuple[tuple[str, str], ...] = ()
     environment: EnvironmentSpec | None = None
+    # The operator's requirements policy, as the worker reads it when it re-checks a request.
+    policy_variables: tuple[tuple[str, str], ...] = ()
 
 
 def broker_port(url: str) -> int:
@@ -100,4 +102,5 @@ def make_worker_spec(
         network=make_network_spec(settings),
         node_selector=tuple(sorted(k8s.node_selector.items())),
         environment=environment,
+        policy_variables=tuple(sorted(settings.requirements_policy.worker_variables().items())),
     )
