@@ -987,8 +987,17 @@ class NodeAgent:
             return text
         local = dict(mounts)
         alternatives = "|".join(re.escape(p) for p, _ in mounts)
-        pattern = r"(?<![\w.\-/])(" + alternatives + r")(?=/|$|[^\w.\-/])"
-        return re.sub(pattern, lambda m: local[m.group(1)], text)
+        pattern = r"(?<![\w.\-/])(" + alternatives + r")(?=/|$|[^\w.\-/])([^\s:;,'\"]*)"
+
+        def replace(match: re.Match[str]) -> str:
+            mount, rest = match.group(1), match.group(2)
+            # A host file below a mount path (an interpreter in a venv under /tmp, say) is the
+            # test machine's own: a pod's fresh volume could not contain it.
+            if rest.startswith("/") and len(rest) > 1 and os.path.isfile(mount + rest):
+                return mount + rest
+            return local[mount] + rest
+
+        return re.sub(pattern, replace, text)
 
     # ------------------------------------------------------------------ status and events
 
