@@ -19,6 +19,9 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import zmq
@@ -64,37 +67,6 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     return samples
 
 
-def raw_measurements(calls: int, array: np.ndarray) -> dict[str, list[float]]:
-    with raw_stack() as sock:
-        header = b'{"v":1,"t":"request","id":"x-1","op":"call"}'
-
-        def rtt() -> None:
-            sock.send_multipart([header, b"args"])
-            sock.recv_multipart()
-
-        timed(rtt, 200)
-        latency = timed(rtt, calls)
-
-        def pipelined() -> None:
-            window, sent, received = 500, 0, 0
-            while received < calls:
-                while sent < calls and sent - received < window:
-                    sock.send_multipart([header, b"args"])
-                    sent += 1
-                sock.recv_multipart()
-                received += 1
-
-        throughput = timed(pipelined, 3)
-
-        def big() -> None:
-            sock.send_multipart([header, array], copy=False)
-            sock.recv_multipart(copy=False)
-
-        timed(big, 1)
-        bandwidth = timed(big, 5)
-    return {"latency": latency, "pipelined": throughput, "bandwidth": bandwidth}
-
-
 def noop() -> None:
     return None
 
@@ -103,7 +75,49 @@ def echo(value: object) -> object:
     return value
 
 
-def rexec_measurements(calls: int, array: np.ndarray) -> dict[str, list[float]]:
+@dataclass
+class Target:
+    """One side of the comparison: how to make one call, a pipelined batch, and a big echo."""
+
+    rtt: Callable[[], object]
+    pipelined: Callable[[int], object]
+    big: Callable[[], object]
+
+
+def raw_target(sock: zmq.Socket, array: np.ndarray) -> Target:
+    header = b'{"v":1,"t":"request","id":"x-1","op":"call"}'
+
+    def rtt() -> None:
+        sock.send_multipart([header, b"args"])
+        sock.recv_multipart()
+
+    def pipelined(calls: int) -> None:
+        window, sent, received = 500, 0, 0
+        while received < calls:
+            while sent < calls and sent - received < window:
+                sock.send_multipart([header, b"args"])
+                sent += 1
+            sock.recv_multipart()
+            received += 1
+
+    def big() -> None:
+        sock.send_multipart([header, array], copy=False)
+        sock.recv_multipart(copy=False)
+
+    return Target(rtt, pipelined, big)
+
+
+def rexec_target(session: Any, array: np.ndarray) -> Target:
+    def pipelined(calls: int) -> None:
+        futures = [session.submit(noop) for _ in range(calls)]
+        for future in futures:
+            future.result(timeout=120)
+
+    return Target(lambda: session.call(noop), pipelined, lambda: session.call(echo, (array,)))
+
+
+@contextmanager
+def rexec_stack() -> Iterator[Any]:
     os.environ["REXEC_HOME"] = tempfile.mkdtemp(prefix="rexec-bench-")
     os.environ["REXEC_QUIET"] = "1"
     stack = start_stack(StackOptions(broker_port=0, backend_port=0, spawner_port=0))
@@ -111,31 +125,45 @@ def rexec_measurements(calls: int, array: np.ndarray) -> dict[str, list[float]]:
 
     session = Session(stack.profile).connect()
     try:
-        timed(lambda: session.call(noop), 200)
-        latency = timed(lambda: session.call(noop), calls)
-
-        def pipelined() -> None:
-            futures = [session.submit(noop) for _ in range(calls)]
-            for future in futures:
-                future.result(timeout=120)
-
-        throughput = timed(pipelined, 3)
-        timed(lambda: session.call(echo, (array,)), 1)
-        bandwidth = timed(lambda: session.call(echo, (array,)), 5)
+        yield session
     finally:
         session.close()
         stack.stop()
-    return {"latency": latency, "pipelined": throughput, "bandwidth": bandwidth}
+
+
+def measure(
+    targets: dict[str, Target], calls: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Both sides in alternating rounds, so drift of a shared VM affects them alike."""
+    results: dict[str, dict[str, list[float]]] = {
+        name: {"latency": [], "pipelined": [], "bandwidth": []} for name in targets
+    }
+    for target in targets.values():  # warm up: connections, caches, the function on the worker
+        timed(target.rtt, 200)
+        target.big()
+    block = max(1, calls // rounds)
+    for _ in range(rounds):
+        for name, target in targets.items():
+            results[name]["latency"] += timed(target.rtt, block)
+            results[name]["pipelined"] += timed(partial(target.pipelined, calls), 1)
+            results[name]["bandwidth"] += timed(target.big, 1)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--mb", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     array = np.ones(args.mb * 1024 * 1024 // 8)
-    raw = raw_measurements(args.calls, array)
-    ours = rexec_measurements(args.calls, array)
+    with raw_stack() as sock, rexec_stack() as session:
+        results = measure(
+            {"raw": raw_target(sock, array), "rexec": rexec_target(session, array)},
+            args.calls,
+            args.rounds,
+        )
+    raw, ours = results["raw"], results["rexec"]
     megabytes = 2 * array.nbytes / 1e6
     rows = []
     raw_lat, our_lat = statistics.median(raw["latency"]), statistics.median(ours["latency"])
@@ -151,7 +179,8 @@ def main() -> None:
     our_bw = megabytes / statistics.median(ours["bandwidth"])
     rows.append((f"{args.mb} MB round trip MB/s", raw_bw, our_bw, our_bw / raw_bw, ">= 0.7"))
     print_table(
-        f"Rexec core benchmark ({args.calls} calls, {args.mb} MB array, {os.cpu_count()} cores)",
+        f"Rexec core benchmark ({args.calls} calls in {args.rounds} alternating rounds, "
+        f"{args.mb} MB array, {os.cpu_count()} cores)",
         "raw pyzmq",
         rows,
     )
