@@ -46,17 +46,8 @@ class EnvironmentBuildError(RexecError):
 class EnvironmentClient(SpawnerClient):
     """The spawner's environment routes."""
 
-    def _send(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
-        if not self._resolved:
-            self._resolve()
-        url = f"{self.base_url}/api/v1/workers/{name}/environment"
-        try:
-            response = self._client.request(method, url, json=body)
-        except httpx.HTTPError as exc:
-            raise SpawnError(
-                f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "
-                "is the stack running? Check with `rexec status`"
-            ) from None
+    def _environment(self, method: str, name: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._send(method, f"/api/v1/workers/{name}/environment", json=body)
         if response.status_code == 422:
             data = _json(response)
             if {"line_number", "line", "reason"} <= set(data):
@@ -70,13 +61,13 @@ class EnvironmentClient(SpawnerClient):
         return response.json()
 
     def put_environment(self, name: str, requirements: str | list[str]) -> dict[str, Any]:
-        return dict(self._send("PUT", name, {"requirements": requirements}))
+        return dict(self._environment("PUT", name, {"requirements": requirements}))
 
     def get_environment(self, name: str) -> dict[str, Any] | None:
-        return self._send("GET", name)
+        return self._environment("GET", name)
 
     def delete_environment(self, name: str) -> dict[str, Any]:
-        return dict(self._send("DELETE", name))
+        return dict(self._environment("DELETE", name))
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

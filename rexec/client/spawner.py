@@ -51,16 +51,20 @@ class SpawnerClient:
                 continue
         self._resolved = True
 
-    def _request(self, method: str, path: str) -> Any:
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One HTTP request to the API; a spawner that cannot be reached is a SpawnError."""
         if not self._resolved:
             self._resolve()
         try:
-            response = self._client.request(method, f"{self.base_url}{path}")
+            return self._client.request(method, f"{self.base_url}{path}", **kwargs)
         except httpx.HTTPError as exc:
             raise SpawnError(
                 f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "
                 "is the stack running? Check with `rexec status`"
             ) from None
+
+    def _request(self, method: str, path: str) -> Any:
+        response = self._send(method, path)
         if response.status_code < 400:
             return response.json()
         detail = _detail(response)
@@ -88,16 +92,7 @@ class SpawnerClient:
 
     def worker_log(self, name: str, tail: int = 200) -> str | None:
         """The last ``tail`` lines of the worker's log, or None if the spawner has none."""
-        if not self._resolved:
-            self._resolve()
-        url = f"{self.base_url}/api/v1/workers/{name}/log"
-        try:
-            response = self._client.get(url, params={"tail": tail})
-        except httpx.HTTPError as exc:
-            raise SpawnError(
-                f"cannot reach the spawner at {self.base_url} ({type(exc).__name__}); "
-                "is the stack running? Check with `rexec status`"
-            ) from None
+        response = self._send("GET", f"/api/v1/workers/{name}/log", params={"tail": tail})
         if response.status_code == 404:
             return None
         if response.status_code == 401:
