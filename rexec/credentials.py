@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 from rexec.errors import AuthError, ConfigError
 
@@ -62,27 +63,48 @@ def make_worker_credential(
         "iat": int(issued),
         "exp": None if ttl is None else int(issued + ttl),
     }
+    return _sign(key, _PREFIX, claims)
+
+
+def _sign(key: bytes, prefix: str, claims: dict[str, Any]) -> str:
+    """``prefix.body.signature``: the JSON claims and their HMAC-SHA256 under ``key``."""
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signature = _b64(hmac.new(key, f"{_PREFIX}.{body}".encode(), sha256).digest())
-    return f"{_PREFIX}.{body}.{signature}"
+    signature = _b64(hmac.new(key, f"{prefix}.{body}".encode(), sha256).digest())
+    return f"{prefix}.{body}.{signature}"
+
+
+def _verified_claims(
+    key: bytes, prefix: str, credential: object, max_chars: int, what: str, mismatch_hint: str
+) -> dict[str, Any]:
+    """The claims of a credential made by ``_sign`` with ``prefix``; the signature is checked
+    before the body is parsed. Raises ``AuthError`` naming ``what`` otherwise."""
+    if not isinstance(credential, str) or len(credential) > max_chars:
+        raise AuthError(f"{what} is malformed")
+    parts = credential.split(".")
+    if len(parts) != 3 or parts[0] != prefix:
+        raise AuthError(f"{what} is malformed")
+    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), sha256).digest()
+    try:
+        given = _unb64(parts[2])
+    except (ValueError, TypeError) as exc:
+        raise AuthError(f"{what} is malformed") from exc
+    if not hmac.compare_digest(expected, given):
+        raise AuthError(f"{what} signature is invalid ({mismatch_hint})")
+    try:
+        claims = json.loads(_unb64(parts[1]))
+    except (ValueError, TypeError) as exc:
+        raise AuthError(f"{what} is malformed") from exc
+    if not isinstance(claims, dict):
+        raise AuthError(f"{what} is malformed")
+    return claims
 
 
 def verify_worker_credential(key: bytes, credential: str, now: float | None = None) -> WorkerClaims:
     """Return the claims of a valid credential; raise ``AuthError`` otherwise."""
-    if not isinstance(credential, str) or len(credential) > 4096:
-        raise AuthError("worker credential is malformed")
-    parts = credential.split(".")
-    if len(parts) != 3 or parts[0] != _PREFIX:
-        raise AuthError("worker credential is malformed")
-    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), sha256).digest()
-    try:
-        given = _unb64(parts[2])
-        claims = json.loads(_unb64(parts[1]))
-    except (ValueError, TypeError) as exc:
-        raise AuthError("worker credential is malformed") from exc
-    if not hmac.compare_digest(expected, given):
-        raise AuthError("worker credential signature is invalid (issued by another spawner?)")
-    if not isinstance(claims, dict) or not isinstance(claims.get("u"), str):
+    claims = _verified_claims(
+        key, _PREFIX, credential, 4096, "worker credential", "issued by another spawner?"
+    )
+    if not isinstance(claims.get("u"), str):
         raise AuthError("worker credential is malformed")
     expires = claims.get("exp")
     current = time.time() if now is None else now
@@ -114,32 +136,17 @@ def make_service_credential(
         raise ValueError(f"a service credential lives 0-{MAX_SERVICE_TTL:g} s, not {ttl!r}")
     issued = time.time() if now is None else now
     claims = {"r": role, "n": secrets.token_hex(8), "iat": int(issued), "exp": int(issued + ttl)}
-    body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-    signature = _b64(hmac.new(key, f"{_SERVICE_PREFIX}.{body}".encode(), sha256).digest())
-    return f"{_SERVICE_PREFIX}.{body}.{signature}"
+    return _sign(key, _SERVICE_PREFIX, claims)
 
 
 def verify_service_credential(
     key: bytes, credential: object, now: float | None = None
 ) -> ServiceClaims:
     """Return the claims of a valid, unexpired service credential; raise ``AuthError`` otherwise."""
-    if not isinstance(credential, str) or len(credential) > 1024:
-        raise AuthError("service credential is malformed")
-    parts = credential.split(".")
-    if len(parts) != 3 or parts[0] != _SERVICE_PREFIX:
-        raise AuthError("service credential is malformed")
-    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), sha256).digest()
-    try:
-        given = _unb64(parts[2])
-    except (ValueError, TypeError) as exc:
-        raise AuthError("service credential is malformed") from exc
-    if not hmac.compare_digest(expected, given):
-        raise AuthError("service credential signature is invalid (issued with another key?)")
-    try:
-        claims = json.loads(_unb64(parts[1]))
-    except (ValueError, TypeError) as exc:
-        raise AuthError("service credential is malformed") from exc
-    if not isinstance(claims, dict) or claims.get("r") not in SERVICE_ROLES:
+    claims = _verified_claims(
+        key, _SERVICE_PREFIX, credential, 1024, "service credential", "issued with another key?"
+    )
+    if claims.get("r") not in SERVICE_ROLES:
         raise AuthError("service credential names no known role")
     expires = claims.get("exp")
     if not isinstance(expires, int | float):
