@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -101,15 +102,20 @@ def load_by_value(data: bytes, origin: str | None = None) -> Any:
     return dill.loads(data)
 
 
-def serializer_versions() -> dict[str, str]:
-    """The serializer versions that must match for by-value code: dill, and cloudpickle if
-    installed (without importing it)."""
+@functools.cache
+def _installed_serializers() -> tuple[tuple[str, str], ...]:
     versions = {"dill": str(dill.__version__)}
     try:
         versions["cloudpickle"] = importlib.metadata.version("cloudpickle")
     except importlib.metadata.PackageNotFoundError:
         pass
-    return versions
+    return tuple(versions.items())
+
+
+def serializer_versions() -> dict[str, str]:
+    """The serializer versions that must match for by-value code: dill, and cloudpickle if
+    installed (without importing it). Looked up once per process."""
+    return dict(_installed_serializers())
 
 
 class _Pickler(pickle.Pickler):

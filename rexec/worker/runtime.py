@@ -25,13 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dill
 import zmq
 
-from rexec import __version__
 from rexec import protocol as p
-from rexec import serialization as ser
 from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
+from rexec.client.skew import local_info
 from rexec.worker import context
 from rexec.worker import environment as envs
 from rexec.worker import shell as shell_ops
@@ -50,13 +48,8 @@ MAX_CALL_THREADS = 64
 def worker_info() -> dict[str, Any]:
     """What the worker reports at registration; clients compare it with their own."""
     return {
-        "python": platform.python_version(),
-        "python_minor": "{}.{}".format(*sys.version_info[:2]),
+        **local_info(),
         "implementation": platform.python_implementation(),
-        "dill": dill.__version__,
-        **ser.serializer_versions(),
-        "protocol": p.PROTOCOL_VERSION,
-        "rexec": __version__,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         **envs.describe(),
