@@ -4,8 +4,15 @@ ZeroMQ sockets must not be used by two threads at once. Here every use of the DE
 happens under one lock: a thread calling ``send`` sends directly (no hand-off to another thread
 in the request's path), and the I/O thread receives, flushes queued messages and keeps the
 connection alive. While idle, the I/O thread waits on libzmq's notification file descriptor,
-which does not touch the socket, so it never holds the lock while it waits. Inbound messages go
-to a callback on the I/O thread. Both the client session and the worker use this class.
+which does not touch the socket, so it never holds the lock while it waits. Both the client
+session and the worker use this class.
+
+Inbound messages are dispatched in arrival order, one at a time, by whichever thread reads the
+socket: normally the I/O thread; a client thread waiting for its own reply reads and dispatches
+itself (no hand-over between threads in a request's path). A handler may run short work in place
+inside ``blocking_section()``; if that work turns out to take long, a standby thread takes over
+reading and dispatching until it ends, so nothing waits behind it for more than
+``standby_after`` seconds.
 
 The channel greets the broker (``hello`` or ``register``) every time a connection is established
 and whenever the broker says it does not know this peer (after a broker restart). Messages sent
@@ -17,9 +24,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -28,12 +37,13 @@ from rexec import protocol as p
 from rexec.errors import ProtocolError
 from rexec.transport import (
     HANDSHAKE_FAILURES,
-    NOBLOCK,
     Waker,
     make_dealer,
     open_monitor,
     read_monitor_events,
     readable,
+    receive_message,
+    send_message,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,8 @@ UNRESPONSIVE = "unresponsive"
 SAFETY_POLL_MS = 50
 FULL_SOCKET_POLL_MS = 5
 CALLER_SLICE = 0.01
+# How often the standby thread checks for a handler blocking the dispatch of other messages.
+STANDBY_CHECK = 0.01
 HANDSHAKE_FAILED = "handshake_failed"
 
 
@@ -74,6 +86,7 @@ class BrokerChannel:
         ping_stats: Callable[[], dict[str, Any]] | None = None,
         ping_interval: float = 1.0,
         unresponsive_after: float = 10.0,
+        standby_after: float | None = None,
         name: str = "rexec-io",
     ) -> None:
         self.url = url
@@ -91,6 +104,8 @@ class BrokerChannel:
         self._held: collections.OrderedDict[object, Sequence[Any]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._waker = Waker()
+        # True from a ``_wake_io`` until the I/O thread wakes up: further wake-ups are redundant.
+        self._wake_requested = False
         self._closing = threading.Event()
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -102,10 +117,17 @@ class BrokerChannel:
         self._caller_receiving = False
         self._caller_waker = Waker()
         # Polled only by the thread holding ``_receiver``: the socket's fd and the caller waker.
-        self._caller_poller: zmq.Poller | None = None
+        self._caller_poller: select.poll | None = None
+        # Received, not yet dispatched; popped only by the thread holding ``_dispatching``.
+        self._inbox: collections.deque[list[zmq.Frame]] = collections.deque()
+        self._dispatching = threading.RLock()
+        # Set while a handler runs work in place (``blocking_section``); read by the standby.
+        self._blocked_since = 0.0
+        self._standby_after = standby_after
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._io_ident: int | None = None
 
     # -- API for other threads -------------------------------------------------------------
 
@@ -114,6 +136,23 @@ class BrokerChannel:
         self._started.wait(10)
         if self._start_error is not None:
             raise self._start_error
+        if self._standby_after is not None:
+            name = f"{self._thread.name}-standby"
+            threading.Thread(target=self._standby, name=name, daemon=True).start()
+
+    def in_io_thread(self) -> bool:
+        return threading.get_ident() == self._io_ident
+
+    @contextmanager
+    def blocking_section(self) -> Iterator[None]:
+        """Run a handler's work in place: other messages wait for it, the standby watches it."""
+        self._dispatching.release()
+        self._blocked_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._blocked_since = 0.0
+            self._dispatching.acquire()
 
     @property
     def ready(self) -> bool:
@@ -122,26 +161,49 @@ class BrokerChannel:
     def send(self, frames: Sequence[Any], *, hold: bool = False, key: object = None) -> None:
         """Send ``frames`` to the broker; with ``hold`` only once the greeting was accepted.
 
-        The calling thread sends directly when nothing is queued before it, so a request does not
-        wait for the I/O thread to wake up; otherwise the message joins the queue, in order.
+        The calling thread sends directly when nothing is queued before it and no other thread
+        uses the socket, so a request does not wait for the I/O thread to wake up; otherwise the
+        message joins the queue, in order, and the sender does not wait either.
         """
-        with self._lock:
-            if hold and not self._ready:
-                self._held[key if key is not None else object()] = frames
-                return
-            wake = self._send_or_queue(frames)
+        lock = self._lock
+        if lock.acquire(blocking=False):
+            try:
+                if hold and not self._ready:
+                    self._held[key if key is not None else object()] = frames
+                    return
+                wake = self._send_or_queue(frames)
+            finally:
+                lock.release()
+        elif hold and not self._ready:
+            with lock:
+                if not self._ready:
+                    self._held[key if key is not None else object()] = frames
+                    return
+                wake = self._send_or_queue(frames)
+        else:
+            self._outbox.append(frames)  # the I/O thread holds the socket; it flushes next
+            wake = True
         if wake:
-            self._waker.wake()
+            self._wake_io()
 
     def send_later(self, produce: Deferred) -> None:
         """Queue a callable that returns the messages to send once it is its turn."""
-        with self._lock:
-            self._outbox.append(produce)
-        self._waker.wake()
+        self._outbox.append(produce)
+        self._wake_io()
+
+    def _wake_io(self) -> None:
+        """Wake the I/O thread, unless a wake-up is already on its way."""
+        if not self._wake_requested:
+            self._wake_requested = True
+            self._waker.wake()
 
     def is_held(self, key: object) -> bool:
         with self._lock:
             return key in self._held
+
+    def holds_any(self) -> bool:
+        """Whether any message waits for the greeting (a cheap check before ``withdraw``)."""
+        return bool(self._held)
 
     def withdraw(self, key: object) -> bool:
         """Drop a held message that was not sent yet; True if it was still held."""
@@ -173,7 +235,7 @@ class BrokerChannel:
             self._outbox.append(frames)
             return True
         try:
-            sock.send_multipart(frames, flags=NOBLOCK, copy=False)
+            send_message(sock, frames)
         except zmq.Again:
             self._outbox.append(frames)
             return True
@@ -186,14 +248,17 @@ class BrokerChannel:
             return True
         return False
 
-    def _receive_locked(self, sock: zmq.Socket) -> list[list[zmq.Frame]]:
-        received: list[list[zmq.Frame]] = []
-        while len(received) < 1000 and readable(sock):
+    def _receive_locked(self, sock: zmq.Socket) -> int:
+        """Move readable messages to the inbox; return how many."""
+        count = 0
+        inbox = self._inbox
+        while count < 1000 and readable(sock):
             try:
-                received.append(sock.recv_multipart(NOBLOCK, copy=False))
+                inbox.append(receive_message(sock))
             except zmq.Again:
                 break
-        return received
+            count += 1
+        return count
 
     def _flush_locked(self, sock: zmq.Socket) -> bool:
         """Send queued messages; False if the socket is full and some remain."""
@@ -204,7 +269,7 @@ class BrokerChannel:
                 self._outbox.extendleft(reversed(entry()))
                 continue
             try:
-                sock.send_multipart(entry, flags=NOBLOCK, copy=False)
+                send_message(sock, entry)
             except zmq.Again:
                 return False
             self._outbox.popleft()
@@ -225,24 +290,26 @@ class BrokerChannel:
             self._started.set()
             context.term()
             return
+        # Poll libzmq's notification fds, not the sockets: waiting on an fd never touches its
+        # socket, so other threads may send on it (under the lock) meanwhile. The fds signal
+        # edges: after a wake-up the socket is read until it has nothing more.
+        fd = int(sock.getsockopt(zmq.FD))
+        caller_poller = select.poll()
+        caller_poller.register(fd, select.POLLIN)
+        caller_poller.register(self._caller_waker.fileno(), select.POLLIN)
+        self._caller_poller = caller_poller
+        # While a caller reads the socket, the I/O thread waits on everything but its fd.
+        quiet = select.poll()
+        quiet.register(int(monitor.getsockopt(zmq.FD)), select.POLLIN)
+        quiet.register(self._waker.fileno(), select.POLLIN)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(int(monitor.getsockopt(zmq.FD)), select.POLLIN)
+        poller.register(self._waker.fileno(), select.POLLIN)
+        self._io_ident = threading.get_ident()
         with self._lock:
             self._sock = sock
         self._started.set()
-        # Poll libzmq's notification fd, not the socket: waiting on the fd never touches the
-        # socket, so other threads may send on it (under the lock) meanwhile.
-        poller = zmq.Poller()
-        fd = int(sock.getsockopt(zmq.FD))
-        caller_poller = zmq.Poller()
-        caller_poller.register(fd, zmq.POLLIN)
-        caller_poller.register(self._caller_waker, zmq.POLLIN)
-        self._caller_poller = caller_poller
-        poller.register(fd, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        poller.register(self._waker, zmq.POLLIN)
-        # While a caller reads the socket, the I/O thread waits on everything but its fd.
-        quiet = zmq.Poller()
-        quiet.register(monitor, zmq.POLLIN)
-        quiet.register(self._waker, zmq.POLLIN)
         try:
             self._loop(sock, monitor, poller, quiet)
         except Exception:
@@ -258,10 +325,14 @@ class BrokerChannel:
             self._caller_waker.close()
 
     def _loop(
-        self, sock: zmq.Socket, monitor: zmq.Socket, poller: zmq.Poller, quiet: zmq.Poller
+        self, sock: zmq.Socket, monitor: zmq.Socket, poller: select.poll, quiet: select.poll
     ) -> None:
+        waker = self._waker
+        waker_fd, monitor_fd = waker.fileno(), int(monitor.getsockopt(zmq.FD))
+        # An fd signals only new arrivals after the socket was read empty once.
+        self._handle_monitor(read_monitor_events(monitor))
         while not self._closing.is_set():
-            received = []
+            received = 0
             reading = self._receiver.acquire(blocking=False)
             try:
                 with self._lock:
@@ -273,17 +344,29 @@ class BrokerChannel:
                     self._receiver.release()
             if received:
                 self._last_received = time.monotonic()
-                for frames in received:
-                    self._handle(frames)
+            if self._inbox and self._dispatch_inbox():
                 continue
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
-            events = dict((quiet if self._caller_receiving else poller).poll(timeout_ms))
-            if monitor in events:
-                self._handle_monitor(read_monitor_events(monitor))
-            if self._waker.fileno() in events:
-                self._waker.drain()
+            for fd, _ in (quiet if self._caller_receiving else poller).poll(timeout_ms):
+                if fd == waker_fd:
+                    self._wake_requested = False
+                    waker.drain()
+                elif fd == monitor_fd:
+                    self._handle_monitor(read_monitor_events(monitor))
+
+    def _dispatch_inbox(self) -> bool:
+        """Dispatch received messages in order; False if another thread is dispatching them."""
+        if not self._dispatching.acquire(blocking=False):
+            return False
+        try:
+            inbox = self._inbox
+            while inbox:
+                self._handle(inbox.popleft())
+        finally:
+            self._dispatching.release()
+        return True
 
     def receive_until(
         self, done: Callable[[], bool], timeout: float, others_waiting: Callable[[], bool]
@@ -305,21 +388,26 @@ class BrokerChannel:
             while not done():
                 with self._lock:
                     sock = self._sock
-                    received = self._receive_locked(sock) if sock is not None else []
-                if sock is None:
-                    return True
+                    if sock is None:
+                        return True
+                    received = self._receive_locked(sock)
+                    if self._outbox:
+                        self._flush_locked(sock)
                 if received:
                     self._last_received = time.monotonic()
-                    for frames in received:
-                        self._handle(frames)
+                if self._inbox:
+                    # Older messages go first; this waits if the I/O thread is dispatching.
+                    with self._dispatching:
+                        inbox = self._inbox
+                        while inbox:
+                            self._handle(inbox.popleft())
                     continue
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     break
                 # Short slices: a notification edge consumed by another thread's send is
                 # noticed through the caller waker, or at worst at the next slice.
-                events = dict(poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1))
-                if self._caller_waker.fileno() in events:
+                if poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
                     self._caller_waker.drain()
         finally:
             self._caller_receiving = False
@@ -327,6 +415,24 @@ class BrokerChannel:
             if others_waiting():
                 self._waker.wake()  # the I/O thread reads the socket again
         return True
+
+    def _standby(self) -> None:
+        """Take over reading while a handler has been blocking dispatch for too long."""
+        assert self._standby_after is not None
+        while not self._closing.wait(STANDBY_CHECK):
+            since = self._blocked_since
+            if not since or time.monotonic() - since < self._standby_after:
+                continue
+            log.debug("a handler blocks dispatch; the standby thread reads meanwhile")
+            self._stand_in(since)
+
+    def _stand_in(self, since: float) -> None:
+        def ended() -> bool:
+            return self._blocked_since != since or self._closing.is_set()
+
+        while not ended():
+            if not self.receive_until(ended, 1.0, lambda: True):
+                time.sleep(STANDBY_CHECK)  # the I/O thread is reading; try again
 
     def _handle_monitor(self, events: list[int]) -> None:
         for event in events:

@@ -92,6 +92,37 @@ _WORKER_NAME_RE = re.compile(WORKER_NAME_PATTERN)
 
 # One encoder, built once: json.dumps with options builds a new encoder on every call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+# Headers are small flat dicts built by this module: the C encoder, made once, without the
+# cycle check (``JSONEncoder.encode`` builds a C encoder on every call).
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _make_c_encoder is not None:
+    _c_encode = _make_c_encoder(
+        None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def _encode_header(header: dict[str, Any]) -> str:
+        return "".join(_c_encode(header, 0))
+else:  # an interpreter without the C accelerator
+
+    def _encode_header(header: dict[str, Any]) -> str:
+        return _encode(header)
+
+
+# ``json.loads`` without its encoding detection and whitespace regex, for the headers every
+# message carries; anything unusual falls back to ``json.loads`` and its error messages.
+_scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(frame: bytes | memoryview) -> Any:
+    try:
+        text = str(frame, "utf-8")
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    return json.loads(bytes(frame))
+
 
 _ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_ID_LENGTH}}}$")
 
@@ -102,7 +133,7 @@ def make_header(msg_type: str, **fields: Any) -> bytes:
     for key, value in fields.items():
         if value is not None:
             header[key] = value
-    data = _encode(header).encode()
+    data = _encode_header(header).encode()
     if len(data) > MAX_HEADER_BYTES:
         raise ProtocolError(
             f"a {msg_type!r} header is {len(data)} bytes, over the {MAX_HEADER_BYTES}-byte limit; "
@@ -123,7 +154,7 @@ def parse_header(
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(frame))
+        header = _loads(frame)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("header is not UTF-8 JSON") from exc
     if not isinstance(header, dict):
@@ -253,7 +284,7 @@ def make_error_reply(request_id: str, code: str, message: str) -> list[bytes]:
 def parse_json_frame(frame: Any) -> Any:
     """Decode a JSON payload frame (bytes, memoryview or zmq.Frame)."""
     try:
-        return json.loads(bytes(frame))
+        return _loads(frame if isinstance(frame, bytes | memoryview) else memoryview(frame))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("payload frame is not UTF-8 JSON") from exc
 

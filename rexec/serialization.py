@@ -129,13 +129,31 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+_ATOMS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _is_plain(obj: Any, depth: int = 0) -> bool:
+    """Small plain data (numbers, strings, bytes, and short containers of them)."""
+    kind = type(obj)
+    if kind in _ATOMS:
+        return True
+    if depth > 2 or kind not in (tuple, list, dict) or len(obj) > 16:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in obj.items())
+    return all(_is_plain(item, depth + 1) for item in obj)
+
+
 def dumps(obj: Any) -> Packed:
     """Serialize ``obj`` with large buffers out of band.
 
     The fast C pickler handles the object graph; lambdas, closures and ``__main__`` definitions
     inside it are embedded as dill blobs. Whatever the C pickler refuses outright is retried with
     dill as a whole (losing out-of-band buffers, which dill does not support for arrays).
+    Small plain data (the arguments and results of most calls) takes a direct path.
     """
+    if _is_plain(obj):
+        return Packed(SER_PICKLE, pickle.dumps(obj, protocol=5))
     buffers: list[pickle.PickleBuffer] = []
 
     def keep_large_out_of_band(buf: pickle.PickleBuffer) -> bool:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
@@ -46,13 +48,43 @@ HANDSHAKE_FAILURES = (
 # Plain ints for hot paths: pyzmq wraps its constants and getsockopt results in enums, whose
 # arithmetic costs microseconds per message.
 NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
+
+# pyzmq's compiled socket methods. ``Socket.send_multipart``/``recv_multipart`` are Python loops
+# that add several microseconds per message (enum flags, keyword handling, RCVMORE lookups);
+# every message of every request crosses three processes, so the hot paths call these directly.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
 
 
 def readable(sock: zmq.Socket) -> bool:
     """Whether a message can be received now (also processes the socket's pending commands)."""
-    return bool(int(sock.get(EVENTS)) & POLLIN)
+    return bool(int(_get(sock, EVENTS)) & POLLIN)
+
+
+def send_message(sock: zmq.Socket, frames: Sequence[Any]) -> None:
+    """Send a multipart message without blocking; ``zmq.Again`` if the queue is full.
+
+    Frames are sent without copying (small ones are copied by pyzmq, which is cheaper). ZeroMQ
+    accepts all parts once the first one is queued, so a full queue never splits a message.
+    """
+    last = len(frames) - 1
+    more = NOBLOCK | SNDMORE
+    for index, frame in enumerate(frames):
+        _send(sock, frame, NOBLOCK if index == last else more, False)
+
+
+def receive_message(sock: zmq.Socket) -> list[zmq.Frame]:
+    """Receive one multipart message without blocking; ``zmq.Again`` if none is queued."""
+    frame = _recv(sock, NOBLOCK, False)
+    frames = [frame]
+    while frame.more:
+        frame = _recv(sock, NOBLOCK, False)
+        frames.append(frame)
+    return frames
 
 
 def set_queue_limits(sock: zmq.Socket, depth: int = HIGH_WATER_MARK) -> None:

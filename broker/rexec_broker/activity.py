@@ -22,18 +22,20 @@ class ActivityTracker:
     """When each (user, worker) last started or finished a request (seconds since the epoch)."""
 
     def __init__(self) -> None:
-        self._last: dict[WorkerKey, float] = {}
+        # The broker's message loop stores ``time.time()`` here directly, once per request
+        # started or finished; ``touch`` does the same for everyone else.
+        self.seen: dict[WorkerKey, float] = {}
 
     def touch(self, key: WorkerKey) -> None:
-        self._last[key] = time.time()
+        self.seen[key] = time.time()
 
     def last(self, key: WorkerKey) -> float | None:
-        return self._last.get(key)
+        return self.seen.get(key)
 
     def prune(self, live: set[WorkerKey]) -> None:
         """Forget workers that are no longer registered, so the map stays bounded."""
-        for key in [key for key in self._last if key not in live]:
-            del self._last[key]
+        for key in [key for key in self.seen if key not in live]:
+            del self.seen[key]
 
 
 def make_activity_rows(

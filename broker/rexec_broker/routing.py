@@ -31,10 +31,11 @@ class ClientConn:
     validated_at: float
     inflight: set[str] = field(default_factory=set)
     revalidating: bool = False
+    # (user, worker name), built once: it is looked up on every request.
+    worker_key: WorkerKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def worker_key(self) -> WorkerKey:
-        return (self.user, self.worker)
+    def __post_init__(self) -> None:
+        self.worker_key = (self.user, self.worker)
 
 
 @dataclass
@@ -46,10 +47,11 @@ class WorkerConn:
     registered_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
     inflight: set[RequestKey] = field(default_factory=set)
+    # (user, worker name), built once: it is looked up on every request and reply.
+    key: WorkerKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> WorkerKey:
-        return (self.user, self.name)
+    def __post_init__(self) -> None:
+        self.key = (self.user, self.name)
 
 
 @dataclass(frozen=True)
@@ -137,22 +139,25 @@ class RoutingTable:
         client = self.clients.get(client_rid)
         if client is None:
             return Refusal(p.E_UNAUTHENTICATED, "say hello with a token before sending requests")
-        if request_id in client.inflight:
+        inflight = client.inflight
+        if request_id in inflight:
             return Refusal(p.E_BAD_MESSAGE, f"request id {request_id!r} is already in flight")
-        if len(client.inflight) >= MAX_INFLIGHT_PER_CLIENT:
+        if len(inflight) >= MAX_INFLIGHT_PER_CLIENT:
             return Refusal(
                 p.E_BUSY, "too many requests in flight on this connection; wait for some"
             )
-        worker = self.worker_for(client)
+        worker_rid = self.worker_by_key.get(client.worker_key)
+        worker = None if worker_rid is None else self.workers.get(worker_rid)
         if worker is None:
             return Refusal(
                 p.E_NO_WORKER,
                 f"no worker named {client.worker!r} is registered for user {client.user!r}; "
                 "ask the spawner to start one",
             )
-        client.inflight.add(request_id)
-        worker.inflight.add((client_rid, request_id))
-        self.inflight[(client_rid, request_id)] = worker.rid
+        inflight.add(request_id)
+        key = (client_rid, request_id)
+        worker.inflight.add(key)
+        self.inflight[key] = worker.rid
         return worker
 
     def followup_target(self, client_rid: bytes, request_id: str) -> bytes | None:
@@ -164,10 +169,17 @@ class RoutingTable:
     ) -> bytes | None:
         """The client a worker message may go to, or None if the worker has no such request."""
         key = (tag, request_id)
-        if self.inflight.get(key) != worker_rid:
+        inflight = self.inflight
+        if inflight.get(key) != worker_rid:
             return None
-        if terminal:
-            self.finish_request(key)
+        if terminal:  # finish_request, inlined: this runs once per request
+            del inflight[key]
+            client = self.clients.get(tag)
+            if client is not None:
+                client.inflight.discard(request_id)
+            worker = self.workers.get(worker_rid)
+            if worker is not None:
+                worker.inflight.discard(key)
         return tag
 
     def finish_request(self, key: RequestKey) -> None:

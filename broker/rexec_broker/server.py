@@ -1,8 +1,13 @@
 """The broker's socket loop: a ROUTER for clients, a ROUTER for workers, one thread.
 
-The loop never blocks on anything but ``poll``. Token validation that misses the cache runs on a
+The loop never blocks on anything but ``epoll``. Token validation that misses the cache runs on a
 thread pool and its result comes back through a self-pipe. Payload frames are forwarded as
 received (zero-copy) and never deserialized; only the bounded header frame is parsed.
+
+Every request and every reply crosses this loop, so its hot paths are written for CPU cost:
+pyzmq's compiled send/receive instead of its multipart helpers, ``epoll`` over raw file
+descriptors instead of ``zmq.Poller``, and the routing id frame a message arrived with is
+forwarded as the route tag instead of being rebuilt.
 
 Dead peers are found without trusting app-level heartbeats (a busy worker may hold its GIL for
 minutes): libzmq's ZMTP heartbeats close dead connections, the socket monitors report the close,
@@ -15,8 +20,9 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import threading
+import select
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +34,16 @@ from rexec.auth import CachingValidator, Identity
 from rexec.credentials import verify_worker_credential
 from rexec.errors import AuthError, AuthUnavailable, ProtocolError
 from rexec.transport import (
+    EVENTS,
     NOBLOCK,
+    POLLIN,
+    SNDMORE,
     Waker,
     load_curve_secret,
     make_router,
     open_monitor,
     read_monitor_events,
-    readable,
+    send_message,
 )
 from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.config import BrokerSettings
@@ -47,7 +56,20 @@ MAX_INFO_KEYS = 32
 SWEEP_INTERVAL = 5.0
 PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
 MAX_BACKLOG_MESSAGES = 100_000
-BACKLOG_RETRY_MS = 5
+BACKLOG_RETRY_SECONDS = 0.005
+DRAIN_LIMIT = 500  # messages taken from one router before the other gets its turn
+DRAIN_ROUNDS = 4  # router passes per loop turn; the rest waits for the next turn (no sleep)
+FRONT, BACK = 1, 2  # bits naming the routers that must be checked for messages
+
+# pyzmq's compiled socket methods, called directly on the hot paths (see rexec.transport).
+_get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
+_recv = zmq.backend.Socket.recv
+_zsend = zmq.backend.Socket.send
+_SEND_MORE = NOBLOCK | SNDMORE
+
+_CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
+_WORKER_TO_BROKER = p.WORKER_TO_BROKER
+_REQUEST, _REPLY = p.REQUEST, p.REPLY
 
 
 @dataclass
@@ -98,10 +120,11 @@ class Broker:
         self._pending_hello: dict[bytes, int] = {}
         self._hello_serial = 0
         self._waker = Waker()
-        self._stop = threading.Event()
+        self._stopping = False
         self._probe_at: list[tuple[float, str]] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
+        # Messages (routing id first) waiting for a full queue, by (to a client?, routing id).
         self._backlog: dict[tuple[bool, bytes], collections.deque[list[Any]]] = {}
 
     @property
@@ -113,42 +136,83 @@ class Broker:
         return str(self.backend.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
         self._waker.wake()
 
     def serve_forever(self) -> None:
-        poller = zmq.Poller()
-        for sock in (self.frontend, self.backend, *self._monitors):
-            poller.register(sock, zmq.POLLIN)
-        poller.register(self._waker, zmq.POLLIN)
+        frontend, backend = self.frontend, self.backend
+        front_fd, back_fd = frontend.fileno(), backend.fileno()
+        monitors = {monitor.fileno(): monitor for monitor in self._monitors}
+        waker_fd = self._waker.fileno()
+        poller = select.epoll()
+        for fd in (front_fd, back_fd, waker_fd, *monitors):
+            poller.register(fd, select.EPOLLIN)
         log.info("broker serving clients on %s, workers on %s", self.frontend_url, self.backend_url)
+        poll, monotonic = poller.poll, time.monotonic
+        drain, handle_client, handle_worker = self._drain, self._handle_client, self._handle_worker
+        # A ZeroMQ socket's descriptor only signals *changes*: it stays quiet while messages are
+        # already queued, and any operation on the socket (a send included) may consume the
+        # signal of a message that arrived meanwhile. So a router is drained until it reports
+        # nothing readable, and a router sent on after that is checked again before the loop
+        # sleeps. ``check`` holds the routers still to be checked; the first turn checks all.
+        check = FRONT | BACK
+        signalled = 0  # the routers whose descriptor woke the loop
+        self._handle_monitors(list(monitors.values()))
         try:
-            frontend, backend, waker_fd = self.frontend, self.backend, self._waker.fileno()
-            while not self._stop.is_set():
-                events = poller.poll(self._poll_timeout_ms())
-                # Both routers are drained on every turn: a send on one may consume the
-                # notification of a message that arrived on it meanwhile.
-                self._drain(frontend, self._handle_client)
-                self._drain(backend, self._handle_worker)
-                if len(events) > 1 or (events and events[0][0] not in (frontend, backend)):
-                    self._handle_events(dict(events), waker_fd)
+            while not self._stopping:
+                if check:
+                    timeout = 0.0
+                else:
+                    timeout = self._next_timer - monotonic()
+                    if self._backlog and timeout > BACKLOG_RETRY_SECONDS:
+                        timeout = BACKLOG_RETRY_SECONDS
+                    elif timeout < 0.0:
+                        timeout = 0.0
+                for fd, _ in poll(timeout):
+                    if fd == front_fd:
+                        signalled |= FRONT
+                    elif fd == back_fd:
+                        signalled |= BACK
+                    elif fd == waker_fd:
+                        self._waker.drain()
+                    elif fd in monitors:
+                        self._handle_monitors([monitors[fd]])
+                # Work that sends on either router comes first, so the drain below covers it.
                 if self._validations:
                     self._finish_validations()
-                if time.monotonic() >= self._next_timer:
+                    check = FRONT | BACK
+                if monotonic() >= self._next_timer:
                     self._run_timers()
+                    check = FRONT | BACK
                 if self._backlog:
                     self._flush_backlogs()
+                    check = FRONT | BACK
+                check |= signalled
+                for _ in range(DRAIN_ROUNDS):
+                    if check & FRONT:
+                        check ^= FRONT
+                        count = drain(frontend, handle_client, signalled & FRONT)
+                        if count:  # requests went to the workers
+                            check |= BACK if count < DRAIN_LIMIT else BACK | FRONT
+                    if check & BACK:
+                        check ^= BACK
+                        count = drain(backend, handle_worker, signalled & BACK)
+                        if count:  # replies went to the clients
+                            check |= FRONT if count < DRAIN_LIMIT else FRONT | BACK
+                    signalled = 0
+                    if not check:
+                        break
         finally:
+            poller.close()
             self._close()
 
-    def _handle_events(self, events: dict[Any, int], waker_fd: int) -> None:
-        for monitor, side in self._monitors.items():
-            if monitor in events and zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
+    def _handle_monitors(self, monitors: list[zmq.Socket]) -> None:
+        for monitor in monitors:
+            if zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
                 now = time.monotonic()
+                side = self._monitors[monitor]
                 self._probe_at.extend((now + delay, side) for delay in PROBE_DELAYS)
                 self._next_timer = min(self._next_timer, now)
-        if waker_fd in events:
-            self._waker.drain()
 
     def _close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -159,55 +223,75 @@ class Broker:
         self._context.term()
         self._waker.close()
 
-    def _poll_timeout_ms(self) -> int:
-        timeout = max(0, int((self._next_timer - time.monotonic()) * 1000) + 1)
-        return min(timeout, BACKLOG_RETRY_MS) if self._backlog else timeout
+    def _drain(self, sock: zmq.Socket, handler: Any, signalled: int) -> int:
+        """Handle queued messages until the router has none left (or DRAIN_LIMIT were taken);
+        return how many were taken.
 
-    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
-        for _ in range(500):
-            # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
-            if not readable(sock):
-                return
+        ``signalled`` says the router's descriptor woke the loop: a message is then almost
+        certainly queued, so it is received without checking first. Handlers get the whole
+        message, routing id frame first: it is forwarded as is.
+        """
+        # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
+        if not signalled and not _get(sock, EVENTS) & POLLIN:
+            return 0
+        stats = self.stats
+        count = 0
+        while count < DRAIN_LIMIT:
             try:
-                frames = sock.recv_multipart(NOBLOCK, copy=False)
+                frame = _recv(sock, NOBLOCK, False)
             except zmq.Again:
-                return
+                return count
+            count += 1
+            frames = [frame]
+            while frame.more:  # the parts of a message arrive together
+                frame = _recv(sock, NOBLOCK, False)
+                frames.append(frame)
             rid = frames[0].bytes
-            if not rid.startswith(b"\0"):
+            if rid[:1] != b"\0":
                 # Peer-chosen identities could be reused to inherit another connection's state.
-                self.stats["refused_custom_identity"] += 1
-                continue
-            try:
-                handler(rid, frames[1:])
-            except Exception:
-                log.exception("broker failed to handle a message; dropped it")
+                stats["refused_custom_identity"] += 1
+            else:
+                try:
+                    handler(rid, frames)
+                except Exception:
+                    log.exception("broker failed to handle a message; dropped it")
+            if not _get(sock, EVENTS) & POLLIN:
+                return count
+        return count
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _send(self, sock: zmq.Socket, rid: bytes, frames: list[Any]) -> bool:
-        """Send to one connection, in order; False only when the connection is gone.
+    def _send(self, to_client: bool, rid: bytes, message: list[Any]) -> bool:
+        """Send ``message`` (routing id ``rid`` first) to one connection, in order; False only
+        when the connection is gone.
 
         A peer that reads slower than it is sent to fills its pipe; the broker then keeps its
         messages in a backlog and retries from the loop, rather than dropping one (a dropped
         reply would leave a caller waiting) or blocking every other user.
         """
-        key = (sock is self.frontend, rid)
-        backlog = self._backlog.get(key)
-        if backlog is not None:
-            if len(backlog) >= MAX_BACKLOG_MESSAGES:
-                self._drop_peer(key, "it stopped reading its messages")
-                return False
-            backlog.append(frames)
-            return True
+        backlogs = self._backlog
+        if backlogs:
+            backlog = backlogs.get((to_client, rid))
+            if backlog is not None:
+                if len(backlog) >= MAX_BACKLOG_MESSAGES:
+                    self._drop_peer((to_client, rid), "it stopped reading its messages")
+                    return False
+                backlog.append(message)
+                return True
         try:
-            sock.send_multipart([rid, *frames], flags=NOBLOCK, copy=False)
+            # rexec.transport.send_message, inlined: this runs for every message.
+            sock = self.frontend if to_client else self.backend
+            last = len(message) - 1
+            for index in range(last):
+                _zsend(sock, message[index], _SEND_MORE, False)
+            _zsend(sock, message[last], NOBLOCK, False)
         except zmq.Again:
             self.stats["backlogged"] += 1
-            self._backlog[key] = collections.deque([frames])
+            backlogs[(to_client, rid)] = collections.deque([message])
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
-            self._drop_peer(key, "its connection closed")
+            self._drop_peer((to_client, rid), "its connection closed")
             return False
         return True
 
@@ -216,7 +300,7 @@ class Broker:
             sock = self.frontend if key[0] else self.backend
             while backlog:
                 try:
-                    sock.send_multipart([key[1], *backlog[0]], flags=NOBLOCK, copy=False)
+                    send_message(sock, backlog[0])
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:
@@ -236,10 +320,10 @@ class Broker:
             self._drop_worker(key[1], f"the worker's connection failed: {reason}")
 
     def _to_client(self, rid: bytes, frames: list[Any]) -> bool:
-        return self._send(self.frontend, rid, frames)
+        return self._send(True, rid, [rid, *frames])
 
-    def _to_worker(self, rid: bytes, tag: bytes, frames: list[Any]) -> bool:
-        return self._send(self.backend, rid, [tag, *frames])
+    def _to_worker(self, rid: bytes, tag: Any, frames: list[Any]) -> bool:
+        return self._send(False, rid, [rid, tag, *frames])
 
     def _fail_request(self, client_rid: bytes, request_id: str, code: str, message: str) -> None:
         self._to_client(client_rid, p.make_error_reply(request_id, code, message))
@@ -247,22 +331,42 @@ class Broker:
     # -- clients ---------------------------------------------------------------------------
 
     def _handle_client(self, rid: bytes, frames: list[zmq.Frame]) -> None:
-        if not frames:
+        """One client message: ``[client routing id, header, payload...]``."""
+        if len(frames) < 2:
             return
         try:
-            header = p.parse_header(frames[0].buffer, p.CLIENT_TO_BROKER)
+            header = p.parse_header(frames[1].buffer, _CLIENT_TO_BROKER)
         except ProtocolError as exc:
             code = p.E_PROTOCOL_VERSION if "version" in str(exc) else p.E_BAD_MESSAGE
             self._to_client(rid, p.make_refused(code, str(exc)))
             return
         msg_type = header["t"]
-        size = p.message_size(frames)
+        # Each frame is capped by the router's ZMQ_MAXMSGSIZE; the total is checked here.
+        size = sum(map(len, frames)) - len(rid)
         if size > self.settings.max_message_bytes:
-            if msg_type == p.REQUEST and "id" in header:
+            if msg_type == _REQUEST and "id" in header:
                 self._fail_request(rid, header["id"], p.E_TOO_LARGE, self._too_large(size))
             return
-        if msg_type == p.REQUEST:
-            self._client_request(rid, header, frames)
+        if msg_type == _REQUEST:
+            request_id = header.get("id")
+            if not isinstance(request_id, str):
+                self._to_client(rid, p.make_refused(p.E_BAD_MESSAGE, "a request needs an id"))
+                return
+            target = self.table.start_request(rid, request_id)
+            if isinstance(target, Refusal):
+                self._fail_request(rid, request_id, target.code, target.message)
+                return
+            client = self.table.clients[rid]
+            if (
+                time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
+                and not client.revalidating
+            ):
+                self._revalidate(client)
+            self.activity.seen[target.key] = time.time()
+            # The client's routing id frame goes on as the route tag. If the worker's
+            # connection is gone, dropping it has already failed this request.
+            worker_rid = target.rid
+            self._send(False, worker_rid, [worker_rid, *frames])
         elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
             self._client_followup(rid, header, frames)
         elif msg_type == p.PING:
@@ -284,20 +388,6 @@ class Broker:
             "send large data in pieces or from shared storage"
         )
 
-    def _client_request(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
-        request_id = header.get("id")
-        if not isinstance(request_id, str):
-            self._to_client(rid, p.make_refused(p.E_BAD_MESSAGE, "a request needs an id"))
-            return
-        target = self.table.start_request(rid, request_id)
-        if isinstance(target, Refusal):
-            self._fail_request(rid, request_id, target.code, target.message)
-            return
-        self._maybe_revalidate(self.table.clients[rid])
-        self.activity.touch(target.key)
-        # If the worker's connection is gone, dropping it has already failed this request.
-        self._to_worker(target.rid, rid, frames)
-
     def _client_followup(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
         request_id = header.get("id")
         worker_rid = self.table.followup_target(rid, request_id) if request_id else None
@@ -305,7 +395,7 @@ class Broker:
             if header["t"] == p.NEXT and request_id:
                 self._fail_request(rid, request_id, p.E_UNKNOWN_REQUEST, "no such request")
             return
-        self._to_worker(worker_rid, rid, frames)
+        self._send(False, worker_rid, [worker_rid, *frames])  # frames[0]: the route tag
 
     def _client_hello(self, rid: bytes, header: dict[str, Any]) -> None:
         token = header.get("token")
@@ -404,11 +494,10 @@ class Broker:
             rid, p.make_welcome(identity.user, worker, info, self.settings.max_message_bytes)
         )
 
-    def _maybe_revalidate(self, client: ClientConn) -> None:
-        age = time.monotonic() - client.validated_at
-        if age > self.settings.auth.cache_ttl and not client.revalidating:
-            client.revalidating = True
-            self._submit_validation(client.rid, client.token, client.worker, {}, revalidate=True)
+    def _revalidate(self, client: ClientConn) -> None:
+        """Check a client's token again in the background (its cached validation expired)."""
+        client.revalidating = True
+        self._submit_validation(client.rid, client.token, client.worker, {}, revalidate=True)
 
     def _drop_client(self, rid: bytes) -> None:
         self._pending_hello.pop(rid, None)
@@ -422,11 +511,12 @@ class Broker:
     # -- workers ---------------------------------------------------------------------------
 
     def _handle_worker(self, rid: bytes, frames: list[zmq.Frame]) -> None:
-        if len(frames) < 2:
+        """One worker message: ``[worker routing id, route tag, header, payload...]``."""
+        if len(frames) < 3:
             return
-        tag = frames[0].bytes
+        tag = frames[1].bytes
         try:
-            header = p.parse_header(frames[1].buffer, p.WORKER_TO_BROKER)
+            header = p.parse_header(frames[2].buffer, _WORKER_TO_BROKER)
         except ProtocolError as exc:
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
             return
@@ -444,7 +534,7 @@ class Broker:
             self._to_worker(rid, p.NO_TAG, p.make_pong())
             return
         request_id = header.get("id")
-        terminal = msg_type == p.REPLY
+        terminal = msg_type == _REPLY
         client_rid = None
         if isinstance(request_id, str):
             client_rid = self.table.route_response(rid, tag, request_id, terminal)
@@ -452,15 +542,16 @@ class Broker:
             self.stats["dropped_unrouted"] += 1
             return
         if terminal:
-            self.activity.touch(worker.key)
-        size = p.message_size(frames)
+            self.activity.seen[worker.key] = time.time()
+        # Each frame is capped by the router's ZMQ_MAXMSGSIZE; the total is checked here.
+        size = sum(map(len, frames)) - len(rid)
         if size > self.settings.max_message_bytes:
             if not terminal:
                 self.table.finish_request((client_rid, request_id))
                 self._to_worker(rid, client_rid, p.make_cancel(request_id))
             self._fail_request(client_rid, request_id, p.E_TOO_LARGE, self._too_large(size))
             return
-        self._to_client(client_rid, frames[1:])
+        self._send(True, client_rid, frames[1:])  # the route tag is the client's routing id
 
     def _worker_register(self, rid: bytes, header: dict[str, Any]) -> None:
         try:

@@ -203,8 +203,7 @@ class Session:
             info = header.get("worker_info") if header.get("state") == "online" else None
             self._set_worker_info(info)
             return
-        with self._lock:
-            pending = self._pending.get(header.get("id", ""))
+        pending = self._pending.get(header.get("id", ""))  # a single dict read needs no lock
         if pending is not None:
             pending.deliver(header, payload)
 
@@ -284,7 +283,7 @@ class Session:
     def _finish(self, pending: _Pending) -> None:
         with self._lock:
             self._pending.pop(pending.id, None)
-        if self._channel is not None:
+        if self._channel is not None and self._channel.holds_any():
             self._channel.withdraw(pending.id)
 
     def _next_message(
@@ -314,18 +313,14 @@ class Session:
         When no other thread is reading the socket, this thread reads it itself, so a reply
         does not wait for the I/O thread to wake up and hand it over.
         """
-        try:
-            return pending.events.get_nowait()
-        except queue.Empty:
-            pass
+        events = pending.events
+        if not events.empty():
+            return events.get_nowait()
         channel = self._channel
         if channel is not None and channel.receive_until(
-            lambda: not pending.events.empty(), wait, lambda: len(self._pending) > 1
+            lambda: not events.empty(), wait, lambda: len(self._pending) > 1
         ):
-            try:
-                return pending.events.get_nowait()
-            except queue.Empty:
-                return None
+            return None if events.empty() else events.get_nowait()
         try:
             return pending.events.get(timeout=wait)
         except queue.Empty:
@@ -476,7 +471,9 @@ class Session:
             return frames_for(header["id"], with_fn=True)
 
         header, payload = self._run(frames_for, timeout, output, retry)
-        if header["t"] == p.ITEM or header.get("status") == p.STATUS_OK:
+        if (header["t"] == p.ITEM or header.get("status") == p.STATUS_OK) and (
+            key not in self._worker_has
+        ):
             with self._lock:
                 self._worker_has.add(key)
         if header["t"] == p.ITEM:
@@ -518,8 +515,9 @@ class Session:
                 return
             try:
                 future.set_result(result_of(header, payload))
-                with self._lock:
-                    self._worker_has.add(key)
+                if key not in self._worker_has:
+                    with self._lock:
+                        self._worker_has.add(key)
             except BaseException as exc:
                 future.set_exception(exc)
 

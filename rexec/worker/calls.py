@@ -7,6 +7,7 @@ import inspect
 import pickle
 import queue
 import threading
+import time
 import traceback
 import types
 from typing import Any
@@ -20,6 +21,10 @@ from rexec.worker.context import RequestContext
 # A generator nobody asks for items for is closed after this long.
 GENERATOR_IDLE_SECONDS = 3600.0
 FUNCTION_CACHE_SIZE = 256
+# A function whose recent calls each took less than this runs in place on the I/O thread, saving
+# the hand-over to a call thread; one slow call sends it back to the call threads.
+INLINE_MAX_SECONDS = 0.002
+INLINE_AFTER_FAST_CALLS = 2
 
 
 class NamespaceGlobals(dict[str, Any]):
@@ -56,13 +61,31 @@ def bind_to_namespace(fn: Any, namespace: dict[str, Any] | None) -> Any:
 
 
 class FunctionCache:
-    """Functions received from clients, by content hash, least recently used evicted."""
+    """Functions received from clients, by content hash, least recently used evicted.
+
+    It also remembers how long each function's calls took, to tell which may run in place.
+    """
 
     def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
         self.namespace: dict[str, Any] | None = None  # the shell's user namespace, once it exists
         self._size = size
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # Consecutive quick calls per function; negative for generators (never in place).
+        self._quick: dict[str, int] = {}
+
+    def runs_quickly(self, key: str | None) -> bool:
+        """True if the last calls of this function all returned within INLINE_MAX_SECONDS."""
+        return self._quick.get(key or "", 0) >= INLINE_AFTER_FAST_CALLS
+
+    def record(self, key: str, seconds: float, generator: bool = False) -> None:
+        if generator:
+            self._quick[key] = -1
+        elif seconds < INLINE_MAX_SECONDS:
+            if self._quick.get(key, 0) >= 0:
+                self._quick[key] = self._quick.get(key, 0) + 1
+        else:
+            self._quick[key] = 0
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -76,7 +99,8 @@ class FunctionCache:
             self._functions[key] = fn
             self._functions.move_to_end(key)
             while len(self._functions) > self._size:
-                self._functions.popitem(last=False)
+                evicted, _ = self._functions.popitem(last=False)
+                self._quick.pop(evicted, None)
 
 
 def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
@@ -173,15 +197,20 @@ def run_call(
         ctx.finish(loaded)
         return
     fn, args, kwargs = loaded
+    key = header["fn"]
+    start = time.monotonic()
     try:
         with ctx.activate():
             result = fn(*args, **kwargs)
     except BaseException as exc:
+        functions.record(key, time.monotonic() - start)
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
         return
     if inspect.isgenerator(result):
+        functions.record(key, 0.0, generator=True)
         run_generator(ctx, result, max_bytes)
     else:
+        functions.record(key, time.monotonic() - start)
         ctx.finish(packed_reply(ctx.request_id, result, max_bytes))
 
 
