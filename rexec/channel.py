@@ -65,7 +65,7 @@ SAFETY_POLL_MS = 50
 FULL_SOCKET_POLL_MS = 5
 CALLER_SLICE = 0.01
 # How often the standby thread checks for a handler blocking the dispatch of other messages.
-STANDBY_CHECK = 0.01
+STANDBY_CHECK = 0.025
 HANDSHAKE_FAILED = "handshake_failed"
 
 
@@ -383,6 +383,7 @@ class BrokerChannel:
         if poller is None or not self._receiver.acquire(blocking=False):
             return False
         self._caller_receiving = True
+        waker_fd = self._caller_waker.fileno()
         end = time.monotonic() + timeout
         try:
             while not done():
@@ -407,8 +408,9 @@ class BrokerChannel:
                     break
                 # Short slices: a notification edge consumed by another thread's send is
                 # noticed through the caller waker, or at worst at the next slice.
-                if poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
-                    self._caller_waker.drain()
+                for fd, _ in poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
+                    if fd == waker_fd:
+                        self._caller_waker.drain()
         finally:
             self._caller_receiving = False
             self._receiver.release()

@@ -71,7 +71,8 @@ class FunctionCache:
         self._size = size
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
         self._lock = threading.Lock()
-        # Consecutive quick calls per function; negative for generators (never in place).
+        # Consecutive quick calls per function; negative for generators (never in place). A hint
+        # only, updated without the lock: a lost update just delays or repeats a decision.
         self._quick: dict[str, int] = {}
 
     def runs_quickly(self, key: str | None) -> bool:
