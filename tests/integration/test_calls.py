@@ -17,13 +17,6 @@ from rexec.errors import CallTimeout, RemoteError
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def session(broker_stack, session_factory):
-    token = broker_stack.add_user("alice")
-    broker_stack.start_worker("alice")
-    return session_factory(broker_stack.profile(token))
-
-
 def test_result_args_and_kwargs_and_closure_and_lambda(session):
     offset = 10
 

@@ -16,13 +16,6 @@ from rexec.worker.runtime import STANDBY_AFTER
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def session(broker_stack, session_factory):
-    token = broker_stack.add_user("alice")
-    broker_stack.start_worker("alice")
-    return session_factory(broker_stack.profile(token))
-
-
 def _make_probe():
     def thread_name(delay: float = 0.0, text: str = "") -> str:
         """Print ``text``, wait ``delay`` s and say which worker thread ran the call."""
