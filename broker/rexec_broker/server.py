@@ -5,9 +5,9 @@ thread pool and its result comes back through a self-pipe. Payload frames are fo
 received (zero-copy) and never deserialized; only the bounded header frame is parsed.
 
 Every request and every reply crosses this loop, so its hot paths are written for CPU cost:
-pyzmq's compiled send/receive instead of its multipart helpers, ``epoll`` over raw file
-descriptors instead of ``zmq.Poller``, and the routing id frame a message arrived with is
-forwarded as the route tag instead of being rebuilt.
+pyzmq's compiled send/receive (through ``rexec.transport``) instead of its multipart helpers,
+``epoll`` over raw file descriptors instead of ``zmq.Poller``, and the routing id frame a
+message arrived with is forwarded as the route tag instead of being rebuilt.
 
 Dead peers are found without trusting app-level heartbeats (a busy worker may hold its GIL for
 minutes): libzmq's ZMTP heartbeats close dead connections, the socket monitors report the close,
@@ -22,7 +22,6 @@ import errno
 import logging
 import select
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,15 +33,13 @@ from rexec.auth import CachingValidator, Identity
 from rexec.credentials import verify_worker_credential
 from rexec.errors import AuthError, AuthUnavailable, ProtocolError
 from rexec.transport import (
-    EVENTS,
-    NOBLOCK,
-    POLLIN,
-    SNDMORE,
     Waker,
     load_curve_secret,
     make_router,
     open_monitor,
     read_monitor_events,
+    readable,
+    receive_message,
     send_message,
 )
 from rexec_broker.activity import ActivityTracker, answer_activity
@@ -60,12 +57,6 @@ BACKLOG_RETRY_SECONDS = 0.005
 DRAIN_LIMIT = 500  # messages taken from one router before the other gets its turn
 DRAIN_ROUNDS = 4  # router passes per loop turn; the rest waits for the next turn (no sleep)
 FRONT, BACK = 1, 2  # bits naming the routers that must be checked for messages
-
-# pyzmq's compiled socket methods, called directly on the hot paths (see rexec.transport).
-_get: Callable[[zmq.Socket, int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
-_recv = zmq.backend.Socket.recv
-_zsend = zmq.backend.Socket.send
-_SEND_MORE = NOBLOCK | SNDMORE
 
 _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
@@ -232,20 +223,16 @@ class Broker:
         message, routing id frame first: it is forwarded as is.
         """
         # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
-        if not signalled and not _get(sock, EVENTS) & POLLIN:
+        if not signalled and not readable(sock):
             return 0
         stats = self.stats
         count = 0
         while count < DRAIN_LIMIT:
             try:
-                frame = _recv(sock, NOBLOCK, False)
+                frames = receive_message(sock)
             except zmq.Again:
                 return count
             count += 1
-            frames = [frame]
-            while frame.more:  # the parts of a message arrive together
-                frame = _recv(sock, NOBLOCK, False)
-                frames.append(frame)
             rid = frames[0].bytes
             if rid[:1] != b"\0":
                 # Peer-chosen identities could be reused to inherit another connection's state.
@@ -255,7 +242,7 @@ class Broker:
                     handler(rid, frames)
                 except Exception:
                     log.exception("broker failed to handle a message; dropped it")
-            if not _get(sock, EVENTS) & POLLIN:
+            if not readable(sock):
                 return count
         return count
 
@@ -279,12 +266,7 @@ class Broker:
                 backlog.append(message)
                 return True
         try:
-            # rexec.transport.send_message, inlined: this runs for every message.
-            sock = self.frontend if to_client else self.backend
-            last = len(message) - 1
-            for index in range(last):
-                _zsend(sock, message[index], _SEND_MORE, False)
-            _zsend(sock, message[last], NOBLOCK, False)
+            send_message(self.frontend if to_client else self.backend, message)
         except zmq.Again:
             self.stats["backlogged"] += 1
             backlogs[(to_client, rid)] = collections.deque([message])
