@@ -356,9 +356,10 @@ class BrokerChannel:
                 elif fd == monitor_fd:
                     self._handle_monitor(read_monitor_events(monitor))
 
-    def _dispatch_inbox(self) -> bool:
-        """Dispatch received messages in order; False if another thread is dispatching them."""
-        if not self._dispatching.acquire(blocking=False):
+    def _dispatch_inbox(self, wait: bool = False) -> bool:
+        """Dispatch received messages in order. If another thread is dispatching them, return
+        False, or with ``wait`` wait for it and then go on."""
+        if not self._dispatching.acquire(blocking=wait):
             return False
         try:
             inbox = self._inbox
@@ -398,10 +399,7 @@ class BrokerChannel:
                     self._last_received = time.monotonic()
                 if self._inbox:
                     # Older messages go first; this waits if the I/O thread is dispatching.
-                    with self._dispatching:
-                        inbox = self._inbox
-                        while inbox:
-                            self._handle(inbox.popleft())
+                    self._dispatch_inbox(wait=True)
                     continue
                 remaining = end - time.monotonic()
                 if remaining <= 0:
