@@ -146,13 +146,21 @@ class BrokerChannel:
     @contextmanager
     def blocking_section(self) -> Iterator[None]:
         """Run a handler's work in place: other messages wait for it, the standby watches it."""
-        self._dispatching.release()
-        self._blocked_since = time.monotonic()
+        self.begin_blocking()
         try:
             yield
         finally:
-            self._blocked_since = 0.0
-            self._dispatching.acquire()
+            self.end_blocking()
+
+    def begin_blocking(self) -> None:
+        """``blocking_section`` without the context manager, for the hot path: call
+        ``end_blocking`` in a ``finally``."""
+        self._dispatching.release()
+        self._blocked_since = time.monotonic()
+
+    def end_blocking(self) -> None:
+        self._blocked_since = 0.0
+        self._dispatching.acquire()
 
     @property
     def ready(self) -> bool:
@@ -248,17 +256,19 @@ class BrokerChannel:
             return True
         return False
 
-    def _receive_locked(self, sock: zmq.Socket) -> int:
-        """Move readable messages to the inbox; return how many."""
-        count = 0
-        inbox = self._inbox
-        while count < 1000 and readable(sock):
-            try:
-                inbox.append(receive_message(sock))
-            except zmq.Again:
-                break
-            count += 1
-        return count
+    def _receive_locked(self, sock: zmq.Socket) -> bool:
+        """Move one readable message to the inbox; True if there was one.
+
+        One at a time: the reader dispatches it before looking for the next, so checking for
+        more happens after a request's handler ran (and sent its reply), not before.
+        """
+        if not readable(sock):
+            return False
+        try:
+            self._inbox.append(receive_message(sock))
+        except zmq.Again:
+            return False
+        return True
 
     def _flush_locked(self, sock: zmq.Socket) -> bool:
         """Send queued messages; False if the socket is full and some remain."""
@@ -332,7 +342,7 @@ class BrokerChannel:
         # An fd signals only new arrivals after the socket was read empty once.
         self._handle_monitor(read_monitor_events(monitor))
         while not self._closing.is_set():
-            received = 0
+            received = False
             reading = self._receiver.acquire(blocking=False)
             try:
                 with self._lock:
@@ -342,10 +352,11 @@ class BrokerChannel:
             finally:
                 if reading:
                     self._receiver.release()
+            if self._inbox:
+                self._dispatch_inbox()
             if received:
                 self._last_received = time.monotonic()
-            if self._inbox and self._dispatch_inbox():
-                continue
+                continue  # look for the next message before sleeping
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
@@ -400,6 +411,8 @@ class BrokerChannel:
                 if self._inbox:
                     # Older messages go first; this waits if the I/O thread is dispatching.
                     self._dispatch_inbox(wait=True)
+                    continue
+                if received:
                     continue
                 remaining = end - time.monotonic()
                 if remaining <= 0:

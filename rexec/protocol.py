@@ -124,7 +124,9 @@ def _loads(frame: bytes | memoryview) -> Any:
     return json.loads(bytes(frame))
 
 
-_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_ID_LENGTH}}}$")
+_ID_RE = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_ID_LENGTH}}}")
+_match_id = _ID_RE.fullmatch
+_NO_ID: Final = object()
 
 
 def make_header(msg_type: str, **fields: Any) -> bytes:
@@ -148,33 +150,38 @@ def parse_header(
     """Parse and validate a header frame without trusting anything in it.
 
     Raises ``ProtocolError`` with a short reason for anything malformed: too large, not JSON, not
-    an object, wrong version, unknown type, or a bad request id.
+    an object, wrong version, unknown type, or a bad request id. Every message crosses this
+    function once per process, so the usual case is kept to a few C calls.
     """
     size = len(frame)
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = _loads(frame)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = str(frame, "utf-8")
+        header, end = _scan(text, 0)
+        if end != len(text):  # trailing text: let the full parser accept or reject it
+            header = json.loads(text)
+    except (StopIteration, UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("header is not UTF-8 JSON") from exc
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise ProtocolError("header is not a JSON object")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if version != PROTOCOL_VERSION or type(version) is not int:
         raise ProtocolError(
             f"protocol version {version!r} is not supported; this side speaks {PROTOCOL_VERSION}. "
             "Install the same rexec version on both sides"
         )
     msg_type = header.get("t")
-    if not isinstance(msg_type, str) or (allowed is not None and msg_type not in allowed):
+    if type(msg_type) is not str or (allowed is not None and msg_type not in allowed):
         raise ProtocolError(f"unexpected message type {msg_type!r}")
-    if "id" in header and not valid_id(header["id"]):
+    request_id = header.get("id", _NO_ID)
+    if request_id is not _NO_ID and (type(request_id) is not str or not _match_id(request_id)):
         raise ProtocolError("request id must be 1-64 characters of [A-Za-z0-9_.:-]")
     return header
 
 
 def valid_id(value: object) -> bool:
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return isinstance(value, str) and _match_id(value) is not None
 
 
 def valid_worker_name(value: object) -> bool:
@@ -248,6 +255,21 @@ def make_request(request_id: str, op: str, payload: Sequence[Any] = (), **fields
     return [make_header(REQUEST, id=request_id, op=op, **fields), *payload]
 
 
+def make_call(
+    request_id: str, fn_key: str, payload: Sequence[Any], *, inline: bool, ser: str, buffers: int
+) -> list[Any]:
+    """A ``call`` request, on the hot path: the header ``make_request`` would build, without its
+    generic field handling (every field here is bounded)."""
+    header = {"v": PROTOCOL_VERSION, "t": REQUEST, "id": request_id, "op": OP_CALL}
+    header["fn"] = fn_key
+    if inline:
+        header["fn_inline"] = True
+    header["ser"] = ser
+    if buffers:
+        header["nb"] = buffers
+    return [_encode_header(header).encode(), *payload]
+
+
 def make_next(request_id: str) -> list[bytes]:
     return [make_header(NEXT, id=request_id)]
 
@@ -276,6 +298,15 @@ def make_reply(
     return [make_header(REPLY, id=request_id, status=status, **fields), *payload]
 
 
+def make_result(request_id: str, frames: Sequence[Any], ser: str, buffers: int) -> list[Any]:
+    """The ``ok`` reply of a call carrying its packed result, on the hot path: the same header
+    as ``make_reply`` builds, without its generic field handling (every field here is bounded)."""
+    header = {"v": PROTOCOL_VERSION, "t": REPLY, "id": request_id, "status": STATUS_OK, "ser": ser}
+    if buffers:
+        header["nb"] = buffers
+    return [_encode_header(header).encode(), *frames]
+
+
 def make_error_reply(request_id: str, code: str, message: str) -> list[bytes]:
     """A terminal reply for a request that failed outside user code."""
     return [make_header(REPLY, id=request_id, status=STATUS_ERROR, error=error_info(code, message))]
@@ -297,8 +328,11 @@ def message_size(frames: Sequence[Any]) -> int:
     """Total bytes of a multipart message (zmq.Frame, bytes or memoryview parts)."""
     total = 0
     for frame in frames:
-        if isinstance(frame, bytes | bytearray) or hasattr(frame, "bytes"):
+        if type(frame) is bytes or isinstance(frame, _SIZED_BY_LEN) or hasattr(frame, "bytes"):
             total += len(frame)
         else:
             total += memoryview(frame).nbytes
     return total
+
+
+_SIZED_BY_LEN: Final = (bytes, bytearray)

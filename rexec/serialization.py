@@ -57,7 +57,7 @@ MAX_SOURCE_GLOBAL_BYTES: Final = 64 * 1024
 OUT_OF_BAND_MIN_BYTES: Final = 64 * 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class Packed:
     """A serialized object: the pickle stream plus its out-of-band buffers."""
 
@@ -71,6 +71,8 @@ class Packed:
 
     @property
     def nbytes(self) -> int:
+        if not self.buffers:
+            return len(self.main)
         return len(self.main) + sum(memoryview(b).nbytes for b in self.buffers)
 
 
@@ -130,18 +132,26 @@ class _Pickler(pickle.Pickler):
 
 
 _ATOMS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+_CONTAINERS: Final = frozenset({tuple, list, dict})
 
 
-def _is_plain(obj: Any, depth: int = 0) -> bool:
+def is_plain(obj: Any, depth: int = 0) -> bool:
     """Small plain data (numbers, strings, bytes, and short containers of them)."""
     kind = type(obj)
     if kind in _ATOMS:
         return True
-    if depth > 2 or kind not in (tuple, list, dict) or len(obj) > 16:
+    if kind not in _CONTAINERS or depth > 2 or len(obj) > 16:
         return False
+    # Loops rather than all(generator): this runs for the arguments and result of every call.
     if kind is dict:
-        return all(type(k) is str and _is_plain(v, depth + 1) for k, v in obj.items())
-    return all(_is_plain(item, depth + 1) for item in obj)
+        for key, value in obj.items():
+            if type(key) is not str or not is_plain(value, depth + 1):
+                return False
+        return True
+    for item in obj:
+        if not is_plain(item, depth + 1):
+            return False
+    return True
 
 
 def dumps(obj: Any) -> Packed:
@@ -152,7 +162,7 @@ def dumps(obj: Any) -> Packed:
     dill as a whole (losing out-of-band buffers, which dill does not support for arrays).
     Small plain data (the arguments and results of most calls) takes a direct path.
     """
-    if _is_plain(obj):
+    if is_plain(obj):
         return Packed(SER_PICKLE, pickle.dumps(obj, protocol=5))
     buffers: list[pickle.PickleBuffer] = []
 
@@ -288,15 +298,19 @@ def function_key(data: bytes) -> str:
 
 _IMMUTABLE_ATOMS: Final = (int, float, complex, str, bytes, bool, type(None), range)
 _BY_REFERENCE: Final = (types.ModuleType, types.BuiltinFunctionType, types.MethodWrapperType)
+_BY_IDENTITY: Final = (*_IMMUTABLE_ATOMS, *_BY_REFERENCE, type)
+_SEQUENCES: Final = (tuple, frozenset)
 _MISSING: Final = object()
-_names_by_code: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = (
-    weakref.WeakKeyDictionary()
-)
+# A plain dict (a weak one costs a weakref per lookup, on every call), bounded instead.
+_names_by_code: dict[types.CodeType, tuple[str, ...]] = {}
+_NAMES_CACHE_SIZE: Final = 4096
 
 
 def _global_names(code: types.CodeType) -> tuple[str, ...]:
     names = _names_by_code.get(code)
     if names is None:
+        if len(_names_by_code) >= _NAMES_CACHE_SIZE:
+            _names_by_code.clear()
         found = set(code.co_names)
         for const in code.co_consts:
             if isinstance(const, types.CodeType):
@@ -310,9 +324,7 @@ def _value_fingerprint(value: Any, seen: set[int]) -> tuple[Any, ...] | None:
     """Identity-based fingerprint of ``value``, or None when it may change in place."""
     if value is _MISSING:
         return ("missing",)
-    if isinstance(value, (*_IMMUTABLE_ATOMS, *_BY_REFERENCE)):
-        return (id(value),)
-    if isinstance(value, type):
+    if isinstance(value, _BY_IDENTITY):
         return (id(value),)
     wrapped = getattr(value, "__rexec_function__", None)
     if isinstance(wrapped, types.FunctionType):
@@ -323,7 +335,7 @@ def _value_fingerprint(value: Any, seen: set[int]) -> tuple[Any, ...] | None:
         seen.add(id(value))
         inner = _function_fingerprint(value, seen)
         return None if inner is None else (id(value), inner)
-    if isinstance(value, tuple | frozenset):
+    if isinstance(value, _SEQUENCES):
         parts: list[Any] = [id(value)]
         for element in value:
             part = _value_fingerprint(element, seen)

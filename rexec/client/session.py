@@ -366,10 +366,11 @@ class Session:
                 except KeyboardInterrupt:
                     self._interrupt(pending, output)
                     raise
-                if header["t"] == p.ITEM:
+                msg_type = header["t"]
+                if msg_type == p.ITEM:
                     keep_open = True  # a generator: the request lives on for ``next``
                     return header, payload
-                if header["t"] != p.REPLY:
+                if msg_type != p.REPLY or header.get("status") == p.STATUS_OK:
                     return header, payload
                 code = (header.get("error") or {}).get("code")
                 if code == p.E_NO_WORKER and not recovered:
@@ -443,14 +444,8 @@ class Session:
 
         def frames_for(request_id: str, with_fn: bool = inline) -> list[Any]:
             body = [fn_bytes, *packed.frames] if with_fn else packed.frames
-            return p.make_request(
-                request_id,
-                p.OP_CALL,
-                body,
-                fn=key,
-                fn_inline=with_fn or None,
-                ser=packed.ser,
-                nb=len(packed.buffers) or None,
+            return p.make_call(
+                request_id, key, body, inline=with_fn, ser=packed.ser, buffers=len(packed.buffers)
             )
 
         return key, frames_for

@@ -106,6 +106,10 @@ class FunctionCache:
 
 def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
     """A terminal ``ok`` reply carrying ``value``, or an error if it cannot travel."""
+    if ser.is_plain(value):  # most results: pickled directly
+        data = pickle.dumps(value, protocol=5)
+        if len(data) <= max_bytes:
+            return p.make_result(request_id, [data], ser.SER_PICKLE, 0)
     try:
         packed = ser.dumps(value)
     except Exception as exc:
@@ -121,9 +125,7 @@ def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
             p.E_TOO_LARGE,
             f"the result is {packed.nbytes:,} bytes, over the broker's limit of {max_bytes:,}",
         )
-    return p.make_reply(
-        request_id, p.STATUS_OK, packed.frames, ser=packed.ser, nb=len(packed.buffers)
-    )
+    return p.make_result(request_id, packed.frames, packed.ser, len(packed.buffers))
 
 
 def exception_reply(request_id: str, exc: BaseException, skip_frames: int = 1) -> list[Any]:
@@ -171,8 +173,8 @@ def load_call(
                 return p.make_error_reply(
                     request_id, p.E_UNKNOWN_FUNCTION, "the worker does not have this function"
                 )
-        nbuf = int(header.get("nb", 0))
-        buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + nbuf]]
+        nbuf = int(header.get("nb") or 0)
+        buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + nbuf]] if nbuf else ()
         args, kwargs = ser.loads(header.get("ser", ser.SER_PICKLE), payload[index].buffer, buffers)
     except Exception as exc:
         return p.make_error_reply(
@@ -201,8 +203,11 @@ def run_call(
     key = header["fn"]
     start = time.monotonic()
     try:
-        with ctx.activate():
+        previous = ctx.enter()
+        try:
             result = fn(*args, **kwargs)
+        finally:
+            ctx.leave(previous)
     except BaseException as exc:
         functions.record(key, time.monotonic() - start)
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))

@@ -53,6 +53,23 @@ def _async_raise(thread_id: int, exc_type: type[BaseException] | None) -> None:
 class RequestContext:
     """One request in progress: its route, its pending output and its interruption."""
 
+    __slots__ = (
+        "tag",
+        "request_id",
+        "op",
+        "_commands",
+        "cancelled",
+        "_send",
+        "_send_later",
+        "_pending",
+        "_scheduled",
+        "_lock",
+        "_thread_id",
+        "_in_user_code",
+        "_interrupt",
+        "finished",
+    )
+
     def __init__(
         self,
         tag: bytes,
@@ -146,29 +163,40 @@ class RequestContext:
     @contextmanager
     def activate(self, interrupt: Callable[[], None] | None = None) -> Iterator[None]:
         """Run user code for this request on the current thread."""
-        previous = getattr(_local, "ctx", None)
+        previous = self.enter(interrupt)
+        try:
+            yield
+        finally:
+            self.leave(previous)
+
+    def enter(self, interrupt: Callable[[], None] | None = None) -> RequestContext | None:
+        """Start running user code for this request on the current thread; returns what
+        ``leave`` needs. Raises KeyboardInterrupt if the request was cancelled already."""
+        previous: RequestContext | None = getattr(_local, "ctx", None)
         _local.ctx = self
         with _active_lock:
             _active.append(self)
-            _last[:] = [self]
+            _last[:] = (self,)
         with self._lock:
             self._thread_id = threading.get_ident()
             self._interrupt = interrupt
             self._in_user_code = True
-            raise_now = self.cancelled
-        try:
-            if raise_now:
-                raise KeyboardInterrupt
-            yield
-        finally:
-            with self._lock:
-                self._in_user_code = False
-                if self.cancelled and self._interrupt is None and self._thread_id is not None:
-                    _async_raise(self._thread_id, None)  # drop an interrupt that came too late
-            _local.ctx = previous
-            with _active_lock:
-                if self in _active:
-                    _active.remove(self)
+            cancelled = self.cancelled
+        if cancelled:
+            self.leave(previous)
+            raise KeyboardInterrupt
+        return previous
+
+    def leave(self, previous: RequestContext | None) -> None:
+        """The user code started by ``enter`` returned (or raised)."""
+        with self._lock:
+            self._in_user_code = False
+            if self.cancelled and self._interrupt is None and self._thread_id is not None:
+                _async_raise(self._thread_id, None)  # drop an interrupt that came too late
+        _local.ctx = previous
+        with _active_lock:
+            if self in _active:
+                _active.remove(self)
 
     def cancel(self) -> None:
         """Interrupt this request: KeyboardInterrupt in its user code, or stop its generator."""

@@ -30,6 +30,7 @@ class FdCapture:
         self._original: dict[int, int] = {}
         self._pipes: dict[int, int] = {}
         self._busy: dict[int, bool] = {}
+        self._check = select.poll()  # both pipes: one system call tells whether either has data
 
     def start(self) -> tuple[TextIO, TextIO]:
         """Capture fds 1 and 2; return text streams on the original stdout and stderr."""
@@ -42,6 +43,7 @@ class FdCapture:
             os.close(write_end)
             self._pipes[fd] = read_end
             self._busy[fd] = False
+            self._check.register(read_end, select.POLLIN)
             threading.Thread(
                 target=self._pump, args=(fd, name), name=f"rexec-fd{fd}", daemon=True
             ).start()
@@ -72,6 +74,9 @@ class FdCapture:
 
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Wait until what was already written to the descriptors has been routed."""
+        busy = self._busy
+        if not (busy.get(1) or busy.get(2) or self._check.poll(0)):
+            return  # the usual case, checked with one system call
         deadline = time.monotonic() + timeout
         for fd, read_end in self._pipes.items():
             while (self._busy[fd] or _pending_bytes(read_end)) and time.monotonic() < deadline:

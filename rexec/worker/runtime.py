@@ -208,9 +208,13 @@ class Worker:
                 return
             self._requests[key] = ctx
         if op == p.OP_CALL:
-            if self._functions.runs_quickly(header.get("fn")) and self.channel.in_io_thread():
-                with self.channel.blocking_section():
+            channel = self.channel
+            if self._functions.runs_quickly(header.get("fn")) and channel.in_io_thread():
+                channel.begin_blocking()
+                try:
                     self._guarded(ctx, run_call, header, payload, self._functions, self.max_bytes)
+                finally:
+                    channel.end_blocking()
                 return
             self._pool.submit(
                 self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
