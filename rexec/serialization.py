@@ -148,7 +148,7 @@ def is_plain(obj: Any, depth: int = 0) -> bool:
             if type(key) is not str or not is_plain(value, depth + 1):
                 return False
         return True
-    for item in obj:
+    for item in obj:  # noqa: SIM110 -- a loop is cheaper than all(generator) here
         if not is_plain(item, depth + 1):
             return False
     return True

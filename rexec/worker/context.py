@@ -54,20 +54,20 @@ class RequestContext:
     """One request in progress: its route, its pending output and its interruption."""
 
     __slots__ = (
-        "tag",
-        "request_id",
-        "op",
         "_commands",
-        "cancelled",
-        "_send",
-        "_send_later",
-        "_pending",
-        "_scheduled",
-        "_lock",
-        "_thread_id",
         "_in_user_code",
         "_interrupt",
+        "_lock",
+        "_pending",
+        "_scheduled",
+        "_send",
+        "_send_later",
+        "_thread_id",
+        "cancelled",
         "finished",
+        "op",
+        "request_id",
+        "tag",
     )
 
     def __init__(
