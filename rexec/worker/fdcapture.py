@@ -30,7 +30,10 @@ class FdCapture:
         self._original: dict[int, int] = {}
         self._pipes: dict[int, int] = {}
         self._busy: dict[int, bool] = {}
-        self._check = select.poll()  # both pipes: one system call tells whether either has data
+        # Both pipes: one system call tells whether either has data. A poll object must not be
+        # polled by two threads at once; calls finish on many threads.
+        self._check = select.poll()
+        self._check_lock = threading.Lock()
 
     def start(self) -> tuple[TextIO, TextIO]:
         """Capture fds 1 and 2; return text streams on the original stdout and stderr."""
@@ -75,8 +78,12 @@ class FdCapture:
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Wait until what was already written to the descriptors has been routed."""
         busy = self._busy
-        if not (busy.get(1) or busy.get(2) or self._check.poll(0)):
-            return  # the usual case, checked with one system call
+        if not (busy.get(1) or busy.get(2)) and self._check_lock.acquire(blocking=False):
+            try:
+                if not self._check.poll(0):
+                    return  # the usual case, checked with one system call
+            finally:
+                self._check_lock.release()
         deadline = time.monotonic() + timeout
         for fd, read_end in self._pipes.items():
             while (self._busy[fd] or _pending_bytes(read_end)) and time.monotonic() < deadline:

@@ -171,6 +171,21 @@ def test_submit_returns_futures(session):
     assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 4, 5]
 
 
+def test_many_calls_finishing_at_once_on_worker_threads_all_succeed(session):
+    """Replies leave from many call threads at the same moment; none may trip over another
+    (each checks for captured output before its reply)."""
+
+    def pause(i):
+        import time
+
+        time.sleep(0.2)
+        return i
+
+    for _ in range(3):
+        futures = [session.submit(pause, i) for i in range(48)]
+        assert [f.result(timeout=30) for f in futures] == list(range(48))
+
+
 def test_timeout_cancels_the_call_and_the_worker_keeps_working(session):
     def slow():
         while True:
