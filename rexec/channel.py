@@ -64,6 +64,8 @@ UNRESPONSIVE = "unresponsive"
 SAFETY_POLL_MS = 50
 FULL_SOCKET_POLL_MS = 5
 CALLER_SLICE = 0.01
+# Messages read at once when they arrive faster than they are handled.
+BURST = 64
 # How often the standby thread checks for a handler blocking the dispatch of other messages.
 STANDBY_CHECK = 0.025
 HANDSHAKE_FAILED = "handshake_failed"
@@ -106,6 +108,8 @@ class BrokerChannel:
         self._waker = Waker()
         # True from a ``_wake_io`` until the I/O thread wakes up: further wake-ups are redundant.
         self._wake_requested = False
+        # Set by the I/O thread while it dispatches a burst: sends are queued until it ends.
+        self._corked = False
         self._closing = threading.Event()
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -237,8 +241,16 @@ class BrokerChannel:
     # -- socket access, always under self._lock ---------------------------------------------
 
     def _send_or_queue(self, frames: Sequence[Any]) -> bool:
-        """Send now if nothing is queued, else queue. True if the I/O thread must wake up."""
+        """Send now if nothing is queued, else queue. True if the I/O thread must wake up.
+
+        While the I/O thread dispatches a burst of messages (``_corked``), messages are queued
+        and sent together at its end: ZeroMQ then wakes its own I/O thread once per burst
+        rather than once per message.
+        """
         sock = self._sock
+        if self._corked:
+            self._outbox.append(frames)
+            return False  # the dispatching I/O thread flushes when the burst ends
         if self._outbox or sock is None:
             self._outbox.append(frames)
             return True
@@ -255,6 +267,18 @@ class BrokerChannel:
                 self._caller_waker.wake()
             return True
         return False
+
+    def _receive_burst_locked(self, sock: zmq.Socket) -> int:
+        """Move up to BURST readable messages to the inbox; return how many."""
+        count = 0
+        inbox = self._inbox
+        while count < BURST and readable(sock):
+            try:
+                inbox.append(receive_message(sock))
+            except zmq.Again:
+                break
+            count += 1
+        return count
 
     def _receive_locked(self, sock: zmq.Socket) -> bool:
         """Move one readable message to the inbox; True if there was one.
@@ -341,22 +365,33 @@ class BrokerChannel:
         waker_fd, monitor_fd = waker.fileno(), int(monitor.getsockopt(zmq.FD))
         # An fd signals only new arrivals after the socket was read empty once.
         self._handle_monitor(read_monitor_events(monitor))
+        streak = 0  # messages received since the loop last slept
         while not self._closing.is_set():
-            received = False
+            received = 0
             reading = self._receiver.acquire(blocking=False)
             try:
                 with self._lock:
                     if reading:
-                        received = self._receive_locked(sock)
+                        # The first message after a sleep is handled alone, so its reply leaves
+                        # at once; more waiting behind it make a burst, handled corked.
+                        if streak:
+                            received = self._receive_burst_locked(sock)
+                        else:
+                            received = int(self._receive_locked(sock))
                     flushed = self._flush_locked(sock)
             finally:
                 if reading:
                     self._receiver.release()
             if self._inbox:
-                self._dispatch_inbox()
+                if received > 1:
+                    self._dispatch_corked(sock)
+                else:
+                    self._dispatch_inbox()
             if received:
+                streak += received
                 self._last_received = time.monotonic()
                 continue  # look for the next message before sleeping
+            streak = 0
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
@@ -366,6 +401,17 @@ class BrokerChannel:
                     waker.drain()
                 elif fd == monitor_fd:
                     self._handle_monitor(read_monitor_events(monitor))
+
+    def _dispatch_corked(self, sock: zmq.Socket) -> None:
+        """Dispatch a burst, holding back what the handlers send until all ran."""
+        with self._lock:
+            self._corked = True
+        try:
+            self._dispatch_inbox()
+        finally:
+            with self._lock:
+                self._corked = False
+                self._flush_locked(sock)
 
     def _dispatch_inbox(self, wait: bool = False) -> bool:
         """Dispatch received messages in order. If another thread is dispatching them, return
@@ -442,6 +488,9 @@ class BrokerChannel:
     def _stand_in(self, since: float) -> None:
         def ended() -> bool:
             return self._blocked_since != since or self._closing.is_set()
+
+        with self._lock:  # what the burst held back leaves now, and later sends go at once
+            self._corked = False
 
         while not ended():
             if not self.receive_until(ended, 1.0, lambda: True):

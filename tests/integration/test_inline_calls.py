@@ -92,3 +92,18 @@ def test_output_of_a_slow_in_place_call_streams_before_it_returns(session):
     assert result == ["rexec-worker-io"]
     assert output.text() == "early\n"
     assert seen_at and seen_at[0] - start < 1.0 + STANDBY_AFTER, "output waited for the return"
+
+
+def test_a_burst_with_a_slow_call_in_it_does_not_hold_back_the_replies_before_it(session):
+    """Replies to a burst of requests are sent together when the burst ends; a call in it that
+    turns slow must not hold back the replies of the quick calls dispatched before it."""
+    warm_up(session)
+    quick = [session.submit(thread_name) for _ in range(30)]
+    slow = session.submit(thread_name, 3.0)
+    start = time.monotonic()
+    assert all(f.result(timeout=10) for f in quick)
+    waited = time.monotonic() - start
+    assert waited < 1.5, f"quick replies waited {waited:.2f} s for a slow call behind them"
+    assert session.call(lambda: 42, timeout=10) == 42
+    assert time.monotonic() - start < 2.0
+    assert slow.result(timeout=10) == "rexec-worker-io"
