@@ -55,6 +55,7 @@ PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
 MAX_BACKLOG_MESSAGES = 100_000
 BACKLOG_RETRY_SECONDS = 0.005
 DRAIN_LIMIT = 500  # messages taken from one router before the other gets its turn
+CORK_BATCH = 16  # messages sent together during a burst; small, so workers start early
 DRAIN_ROUNDS = 4  # router passes per loop turn; the rest waits for the next turn (no sleep)
 FRONT, BACK = 1, 2  # bits naming the routers that must be checked for messages
 
@@ -117,6 +118,8 @@ class Broker:
         self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
         # Messages (routing id first) waiting for a full queue, by (to a client?, routing id).
         self._backlog: dict[tuple[bool, bytes], collections.deque[list[Any]]] = {}
+        # While a burst of messages is handled: what it sends, sent in batches of CORK_BATCH.
+        self._corked: list[tuple[bool, bytes, list[Any]]] | None = None
 
     @property
     def frontend_url(self) -> str:
@@ -227,24 +230,41 @@ class Broker:
             return 0
         stats = self.stats
         count = 0
-        while count < DRAIN_LIMIT:
-            try:
-                frames = receive_message(sock)
-            except zmq.Again:
-                return count
-            count += 1
-            rid = frames[0].bytes
-            if rid[:1] != b"\0":
-                # Peer-chosen identities could be reused to inherit another connection's state.
-                stats["refused_custom_identity"] += 1
-            else:
+        try:
+            while count < DRAIN_LIMIT:
                 try:
-                    handler(rid, frames)
-                except Exception:
-                    log.exception("broker failed to handle a message; dropped it")
-            if not readable(sock):
-                return count
-        return count
+                    frames = receive_message(sock)
+                except zmq.Again:
+                    return count
+                count += 1
+                rid = frames[0].bytes
+                if rid[:1] != b"\0":
+                    # Peer-chosen identities could be reused to inherit another connection's state.
+                    stats["refused_custom_identity"] += 1
+                else:
+                    try:
+                        handler(rid, frames)
+                    except Exception:
+                        log.exception("broker failed to handle a message; dropped it")
+                if not readable(sock):
+                    return count
+                corked = self._corked
+                if corked is None:
+                    # More are queued: a burst. What it sends leaves in batches, so ZeroMQ
+                    # wakes its I/O thread once per batch, not once per message.
+                    self._corked = []
+                elif len(corked) >= CORK_BATCH:
+                    self._uncork()
+                    self._corked = []
+            return count
+        finally:
+            if self._corked is not None:
+                self._uncork()
+
+    def _uncork(self) -> None:
+        held, self._corked = self._corked or [], None
+        for to_client, rid, message in held:
+            self._send(to_client, rid, message)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -256,6 +276,9 @@ class Broker:
         messages in a backlog and retries from the loop, rather than dropping one (a dropped
         reply would leave a caller waiting) or blocking every other user.
         """
+        if self._corked is not None:
+            self._corked.append((to_client, rid, message))
+            return True
         backlogs = self._backlog
         if backlogs:
             backlog = backlogs.get((to_client, rid))
