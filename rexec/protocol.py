@@ -30,6 +30,9 @@ from rexec.errors import ProtocolError
 PROTOCOL_VERSION: Final = 1
 MAX_HEADER_BYTES: Final = 16 * 1024
 MAX_ID_LENGTH: Final = 64
+# Requests one client connection may have in flight at the broker. Clients keep any beyond it
+# waiting on their side, so a caller may start more without being refused.
+MAX_INFLIGHT_PER_CLIENT: Final = 10_000
 
 # Connection-level messages, between a peer and the broker itself.
 HELLO: Final = "hello"  # client -> broker: authenticate with a token, choose a worker name
@@ -200,11 +203,20 @@ def make_hello(token: str, worker: str, info: dict[str, Any]) -> list[bytes]:
 
 
 def make_welcome(
-    user: str, worker: str, worker_info: dict[str, Any] | None, max_message_bytes: int
+    user: str,
+    worker: str,
+    worker_info: dict[str, Any] | None,
+    max_message_bytes: int,
+    max_in_flight: int = MAX_INFLIGHT_PER_CLIENT,
 ) -> list[bytes]:
     return [
         make_header(
-            WELCOME, user=user, worker=worker, worker_info=worker_info, max_bytes=max_message_bytes
+            WELCOME,
+            user=user,
+            worker=worker,
+            worker_info=worker_info,
+            max_bytes=max_message_bytes,
+            max_in_flight=max_in_flight,
         )
     ]
 

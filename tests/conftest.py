@@ -88,6 +88,7 @@ class BrokerStack:
         backend: str = "tcp://127.0.0.1:0",
         auth: AuthSettings | None = None,
         queue_depth: int | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         from rexec_broker import Broker, BrokerSettings
 
@@ -98,6 +99,7 @@ class BrokerStack:
             backend=backend,
             curve_secret_key_path=self.curve_secret,
             **({"queue_depth": queue_depth} if queue_depth else {}),
+            **({"max_in_flight": max_in_flight} if max_in_flight else {}),
         )
         broker = Broker(settings, make_validator(settings.auth), self.signing_key)
         self.frontend, self.backend = broker.frontend_url, broker.backend_url

@@ -14,6 +14,7 @@ from rexec.auth_options import add_auth_arguments, auth_settings_from_args
 from rexec.credentials import load_key
 from rexec.errors import ConfigError
 from rexec.logs import configure_logging
+from rexec.protocol import MAX_INFLIGHT_PER_CLIENT
 from rexec_broker.config import (
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
@@ -61,6 +62,13 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=int(os.environ.get("REXEC_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
         help="largest message accepted [REXEC_MAX_MESSAGE_BYTES, %(default)s]",
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=int(os.environ.get("REXEC_MAX_IN_FLIGHT", MAX_INFLIGHT_PER_CLIENT)),
+        help="requests one client connection may have in flight; clients keep more waiting "
+        "on their side [REXEC_MAX_IN_FLIGHT, %(default)s]",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_auth_arguments(parser)
     return parser
@@ -83,6 +91,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             curve_secret_key_path=args.curve_secret_key,
             allow_plaintext=args.allow_plaintext,
             max_message_bytes=args.max_message_bytes,
+            max_in_flight=args.max_in_flight,
         )
         broker = Broker(
             settings, make_validator(settings.auth), load_key(settings.signing_key_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
+from rexec.protocol import MAX_INFLIGHT_PER_CLIENT
 from rexec.transport import HIGH_WATER_MARK, is_loopback_url
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5559"
@@ -32,10 +33,13 @@ class BrokerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     validation_threads: int = 8
     queue_depth: int = HIGH_WATER_MARK
+    max_in_flight: int = MAX_INFLIGHT_PER_CLIENT
 
     def check(self) -> None:
         if self.max_message_bytes < 64 * 1024:
             raise ConfigError("max message size must be at least 64 KiB")
+        if self.max_in_flight < 1:
+            raise ConfigError("--max-in-flight must be at least 1")
         if self.curve_secret_key_path is None and not self.allow_plaintext:
             for url in (self.frontend, self.backend):
                 if not is_loopback_url(url):

@@ -18,8 +18,6 @@ from rexec import protocol as p
 WorkerKey = tuple[str, str]  # (user, worker name)
 RequestKey = tuple[bytes, str]  # (client connection id, request id)
 
-MAX_INFLIGHT_PER_CLIENT = 10_000
-
 
 @dataclass
 class ClientConn:
@@ -61,7 +59,8 @@ class Refusal:
 
 
 class RoutingTable:
-    def __init__(self) -> None:
+    def __init__(self, max_in_flight: int = p.MAX_INFLIGHT_PER_CLIENT) -> None:
+        self.max_in_flight = max_in_flight  # requests per client connection
         self.clients: dict[bytes, ClientConn] = {}
         self.workers: dict[bytes, WorkerConn] = {}
         self.worker_by_key: dict[WorkerKey, bytes] = {}
@@ -142,7 +141,7 @@ class RoutingTable:
         inflight = client.inflight
         if request_id in inflight:
             return Refusal(p.E_BAD_MESSAGE, f"request id {request_id!r} is already in flight")
-        if len(inflight) >= MAX_INFLIGHT_PER_CLIENT:
+        if len(inflight) >= self.max_in_flight:
             return Refusal(
                 p.E_BUSY, "too many requests in flight on this connection; wait for some"
             )

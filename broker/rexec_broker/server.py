@@ -89,7 +89,7 @@ class Broker:
             if settings.curve_secret_key_path
             else None
         )
-        self.table = RoutingTable()
+        self.table = RoutingTable(settings.max_in_flight)
         self.activity = ActivityTracker()
         self.stats: collections.Counter[str] = collections.Counter()
         self._context = zmq.Context(io_threads=2)
@@ -496,7 +496,14 @@ class Broker:
         info = worker_conn.info if worker_conn else None
         log.info("client connected: user=%s worker=%s", identity.user, worker)
         self._to_client(
-            rid, p.make_welcome(identity.user, worker, info, self.settings.max_message_bytes)
+            rid,
+            p.make_welcome(
+                identity.user,
+                worker,
+                info,
+                self.settings.max_message_bytes,
+                self.settings.max_in_flight,
+            ),
         )
 
     def _revalidate(self, client: ClientConn) -> None:

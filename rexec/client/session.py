@@ -8,6 +8,7 @@ known to be gone.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import queue
@@ -58,6 +59,7 @@ class _Pending:
     def __init__(self, request_id: str, callback: Delivery | None = None) -> None:
         self.id = request_id
         self.callback = callback
+        self.sent = False  # False while it waits for room in the in-flight window
         self.events: queue.SimpleQueue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.SimpleQueue()
 
     def deliver(self, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
@@ -93,6 +95,10 @@ class Session:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
         self._pending: dict[str, _Pending] = {}
+        # Requests sent and not finished; beyond ``max_in_flight`` new ones wait their turn.
+        self.max_in_flight = p.MAX_INFLIGHT_PER_CLIENT
+        self._in_flight = 0
+        self._waiting: collections.deque[tuple[_Pending, list[Any]]] = collections.deque()
         self._lock = threading.Lock()
         self._welcome = threading.Event()
         self._worker_online = threading.Condition(self._lock)
@@ -197,6 +203,7 @@ class Session:
         if msg_type == p.WELCOME:
             self.user = header.get("user")
             self.max_bytes = int(header.get("max_bytes") or self.max_bytes)
+            self.max_in_flight = max(1, int(header.get("max_in_flight") or self.max_in_flight))
             self._set_worker_info(header.get("worker_info"))
             return
         if msg_type == p.WORKER_STATE:
@@ -247,8 +254,8 @@ class Session:
             if channel is not None:
                 if refusal is not None:
                     channel.withdraw(item.id)
-                elif channel.is_held(item.id):
-                    continue
+                elif not item.sent or channel.is_held(item.id):
+                    continue  # not sent yet: it will be, on the next connection
             error = refusal or {"code": _LOST, "message": message}
             item.deliver({"t": _LOST, "error": error}, [])
 
@@ -273,6 +280,12 @@ class Session:
         pending = _Pending(request_id, callback)
         with self._lock:
             self._pending[request_id] = pending
+            if self._in_flight >= self.max_in_flight or self._waiting:
+                # The broker refuses more than this per connection: wait here for room.
+                self._waiting.append((pending, frames))
+                return pending, frames
+            pending.sent = True
+            self._in_flight += 1
         self._channel.send(frames, hold=True, key=request_id)
         return pending, frames
 
@@ -281,10 +294,33 @@ class Session:
         self._channel.send(frames, hold=True, key=pending.id)
 
     def _finish(self, pending: _Pending) -> None:
+        release: list[tuple[_Pending, list[Any]]] = []
         with self._lock:
-            self._pending.pop(pending.id, None)
-        if self._channel is not None and self._channel.holds_any():
-            self._channel.withdraw(pending.id)
+            if self._pending.pop(pending.id, None) is not None:
+                if pending.sent:
+                    self._in_flight -= 1
+                else:
+                    self._drop_waiting(pending)
+            while self._waiting and self._in_flight < self.max_in_flight:
+                waiting, frames = self._waiting.popleft()
+                waiting.sent = True
+                self._in_flight += 1
+                release.append((waiting, frames))
+        channel = self._channel
+        if channel is None:
+            return
+        for waiting, frames in release:
+            channel.send(frames, hold=True, key=waiting.id)
+        if channel.holds_any():
+            channel.withdraw(pending.id)
+
+    def _drop_waiting(self, pending: _Pending) -> bool:
+        """Forget a request still waiting for room in the window (under the lock)."""
+        for index, (waiting, _) in enumerate(self._waiting):
+            if waiting is pending:
+                del self._waiting[index]
+                return True
+        return False
 
     def _next_message(
         self, pending: _Pending, deadline: float | None, output: OutputHandler
@@ -329,7 +365,9 @@ class Session:
     def _interrupt(self, pending: _Pending, output: OutputHandler) -> None:
         """Cancel a request on the worker and wait briefly for it to stop."""
         assert self._channel is not None
-        if self._channel.withdraw(pending.id):
+        with self._lock:
+            never_sent = not pending.sent and self._drop_waiting(pending)
+        if never_sent or self._channel.withdraw(pending.id):
             return
         self._channel.send(p.make_cancel(pending.id))
         deadline = time.monotonic() + CANCEL_GRACE

@@ -186,6 +186,49 @@ def test_many_calls_finishing_at_once_on_worker_threads_all_succeed(session):
         assert [f.result(timeout=30) for f in futures] == list(range(48))
 
 
+def test_more_calls_in_flight_than_the_broker_accepts_wait_their_turn(
+    broker_stack, session_factory
+):
+    """The broker takes a limited number of requests in flight per connection and says how many
+    in ``welcome``; the client holds the rest back instead of having them refused."""
+    broker_stack.stop_broker()
+    broker_stack.start_broker(max_in_flight=4)
+    token = broker_stack.add_user("alice")
+    broker_stack.start_worker("alice")
+    session = session_factory(broker_stack.profile(token))
+    assert session.max_in_flight == 4
+
+    def pause_then(value):
+        import time
+
+        time.sleep(0.05)
+        return value
+
+    futures = [session.submit(pause_then, i) for i in range(40)]
+    assert [f.result(timeout=60) for f in futures] == list(range(40))
+
+
+def test_a_call_waiting_for_room_in_flight_times_out_without_running(session, tmp_path):
+    session.max_in_flight = 1
+    marker = tmp_path / "ran"
+
+    def pause_then(value):
+        import time
+
+        time.sleep(1.0)
+        return value
+
+    def touch(path):
+        open(path, "w").close()
+
+    busy = session.submit(pause_then, "first")
+    with pytest.raises(CallTimeout):
+        session.call(touch, (str(marker),), timeout=0.3)  # waits for room; never sent
+    assert busy.result(timeout=10) == "first"
+    assert session.call(pause_then, ("next",), timeout=10) == "next"  # the window is free again
+    assert not marker.exists(), "a call that timed out while waiting to be sent still ran"
+
+
 def test_timeout_cancels_the_call_and_the_worker_keeps_working(session):
     def slow():
         while True:
