@@ -97,7 +97,9 @@ class BrokerChannel:
         self._ready_type = ready_type
         self._on_message = on_message
         self._on_event = on_event
-        self._allowed = allowed_types | {p.PONG, p.REFUSED, p.PROBE, ready_type}
+        # Messages about the connection itself, which the channel handles first.
+        self._control = frozenset({p.PONG, p.REFUSED, p.PROBE, ready_type})
+        self._allowed = allowed_types | self._control
         self._ping_interval = ping_interval
         self._unresponsive_after = unresponsive_after
         self._tagged = tagged
@@ -521,7 +523,10 @@ class BrokerChannel:
             return
         tag = frames[0].bytes if self._tagged else None
         try:
-            self._dispatch(header, frames[start + 1 :], tag)
+            if header["t"] in self._control:
+                self._dispatch(header, frames[start + 1 :], tag)
+            else:  # requests, replies, outputs: straight to the owner
+                self._on_message(header, frames[start + 1 :], tag)
         except Exception:
             log.exception("handling a %r message failed; the connection carries on", header["t"])
 

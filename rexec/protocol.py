@@ -270,16 +270,18 @@ def make_request(request_id: str, op: str, payload: Sequence[Any] = (), **fields
 def make_call(
     request_id: str, fn_key: str, payload: Sequence[Any], *, inline: bool, ser: str, buffers: int
 ) -> list[Any]:
-    """A ``call`` request, on the hot path: the header ``make_request`` would build, without its
-    generic field handling (every field here is bounded)."""
-    header = {"v": PROTOCOL_VERSION, "t": REQUEST, "id": request_id, "op": OP_CALL}
-    header["fn"] = fn_key
-    if inline:
-        header["fn_inline"] = True
-    header["ser"] = ser
-    if buffers:
-        header["nb"] = buffers
-    return [_encode_header(header).encode(), *payload]
+    """A ``call`` request, on the hot path: the header ``make_request`` would build, filled into
+    a template. Every field comes from a restricted alphabet (a valid request id, a hex function
+    key, a serializer name), so no JSON escaping is needed."""
+    extra = (',"fn_inline":true' if inline else "") + (f',"nb":{buffers:d}' if buffers else "")
+    header = _CALL_HEADER % (request_id, fn_key, extra, ser)
+    return [header.encode(), *payload]
+
+
+_CALL_HEADER: Final = (
+    '{"v":' + str(PROTOCOL_VERSION) + ',"t":"' + REQUEST + '","id":"%s","op":"' + OP_CALL + '",'
+    '"fn":"%s"%s,"ser":"%s"}'
+)
 
 
 def make_next(request_id: str) -> list[bytes]:
@@ -311,12 +313,17 @@ def make_reply(
 
 
 def make_result(request_id: str, frames: Sequence[Any], ser: str, buffers: int) -> list[Any]:
-    """The ``ok`` reply of a call carrying its packed result, on the hot path: the same header
-    as ``make_reply`` builds, without its generic field handling (every field here is bounded)."""
-    header = {"v": PROTOCOL_VERSION, "t": REPLY, "id": request_id, "status": STATUS_OK, "ser": ser}
-    if buffers:
-        header["nb"] = buffers
-    return [_encode_header(header).encode(), *frames]
+    """The ``ok`` reply of a call carrying its packed result, on the hot path: the header
+    ``make_reply`` would build, filled into a template. ``request_id`` was validated when the
+    request arrived and ``ser`` is a serializer name, so no JSON escaping is needed."""
+    extra = f',"nb":{buffers:d}' if buffers else ""
+    return [(_RESULT_HEADER % (request_id, ser, extra)).encode(), *frames]
+
+
+_RESULT_HEADER: Final = (
+    '{"v":' + str(PROTOCOL_VERSION) + ',"t":"' + REPLY + '","id":"%s",'
+    '"status":"' + STATUS_OK + '","ser":"%s"%s}'
+)
 
 
 def make_error_reply(request_id: str, code: str, message: str) -> list[bytes]:

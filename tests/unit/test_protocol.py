@@ -69,3 +69,31 @@ def test_message_size_counts_every_kind_of_frame():
 
     buffer = pickle.PickleBuffer(bytearray(100))
     assert p.message_size([b"abc", memoryview(b"12345"), buffer]) == 108
+
+
+@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("buffers", [0, 3])
+def test_hot_path_builders_make_the_same_headers_as_the_generic_ones(inline, buffers):
+    call = p.make_call("3f2a-17", "ab" * 16, [b"args"], inline=inline, ser="dill", buffers=buffers)
+    generic = p.make_request(
+        "3f2a-17",
+        p.OP_CALL,
+        [b"args"],
+        fn="ab" * 16,
+        fn_inline=inline or None,
+        ser="dill",
+        nb=buffers or None,
+    )
+    assert p.parse_header(call[0]) == p.parse_header(generic[0])
+    assert call[1:] == [b"args"]
+    result = p.make_result("3f2a-17", [b"value"], "pickle", buffers)
+    generic = p.make_reply("3f2a-17", p.STATUS_OK, [b"value"], ser="pickle", nb=buffers or None)
+    assert p.parse_header(result[0]) == p.parse_header(generic[0])
+    assert result[1:] == [b"value"]
+
+
+@pytest.mark.parametrize("request_id", ["abc\n", " abc", "a" * 65, "ä"])
+def test_request_ids_must_match_the_whole_pattern(request_id):
+    frame = json.dumps({"v": 1, "t": "request", "id": request_id}).encode()
+    with pytest.raises(ProtocolError, match="request id"):
+        p.parse_header(frame)
