@@ -270,31 +270,21 @@ class BrokerChannel:
             return True
         return False
 
-    def _receive_burst_locked(self, sock: zmq.Socket) -> int:
-        """Move up to BURST readable messages to the inbox; return how many."""
+    def _receive_locked(self, sock: zmq.Socket, limit: int = 1) -> int:
+        """Move up to ``limit`` readable messages to the inbox; return how many.
+
+        Normally one: the reader dispatches it before looking for the next, so checking for
+        more happens after a request's handler ran (and sent its reply), not before.
+        """
         count = 0
         inbox = self._inbox
-        while count < BURST and readable(sock):
+        while count < limit and readable(sock):
             try:
                 inbox.append(receive_message(sock))
             except zmq.Again:
                 break
             count += 1
         return count
-
-    def _receive_locked(self, sock: zmq.Socket) -> bool:
-        """Move one readable message to the inbox; True if there was one.
-
-        One at a time: the reader dispatches it before looking for the next, so checking for
-        more happens after a request's handler ran (and sent its reply), not before.
-        """
-        if not readable(sock):
-            return False
-        try:
-            self._inbox.append(receive_message(sock))
-        except zmq.Again:
-            return False
-        return True
 
     def _flush_locked(self, sock: zmq.Socket) -> bool:
         """Send queued messages; False if the socket is full and some remain."""
@@ -376,10 +366,7 @@ class BrokerChannel:
                     if reading:
                         # The first message after a sleep is handled alone, so its reply leaves
                         # at once; more waiting behind it make a burst, handled corked.
-                        if streak:
-                            received = self._receive_burst_locked(sock)
-                        else:
-                            received = int(self._receive_locked(sock))
+                        received = self._receive_locked(sock, BURST if streak else 1)
                     flushed = self._flush_locked(sock)
             finally:
                 if reading:
@@ -524,15 +511,16 @@ class BrokerChannel:
         tag = frames[0].bytes if self._tagged else None
         try:
             if header["t"] in self._control:
-                self._dispatch(header, frames[start + 1 :], tag)
+                self._handle_control(header, frames[start + 1 :], tag)
             else:  # requests, replies, outputs: straight to the owner
                 self._on_message(header, frames[start + 1 :], tag)
         except Exception:
             log.exception("handling a %r message failed; the connection carries on", header["t"])
 
-    def _dispatch(
+    def _handle_control(
         self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
     ) -> None:
+        """A message about the connection itself (one of ``self._control``)."""
         msg_type = header["t"]
         if msg_type in (p.PONG, p.PROBE):
             return
@@ -550,8 +538,6 @@ class BrokerChannel:
                 self._held.clear()
             self._on_message(header, payload, tag)
             self._on_event(READY, header)
-            return
-        self._on_message(header, payload, tag)
 
     def _keepalive(self) -> None:
         if not self._connected:

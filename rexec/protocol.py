@@ -160,11 +160,8 @@ def parse_header(
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        text = str(frame, "utf-8")
-        header, end = _scan(text, 0)
-        if end != len(text):  # trailing text: let the full parser accept or reject it
-            header = json.loads(text)
-    except (StopIteration, UnicodeDecodeError, ValueError) as exc:
+        header = _loads(frame)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("header is not UTF-8 JSON") from exc
     if type(header) is not dict:
         raise ProtocolError("header is not a JSON object")
@@ -343,15 +340,15 @@ def make_json_frame(content: Any) -> bytes:
     return _encode(content).encode()
 
 
+_SIZED_BY_LEN: Final = (bytes, bytearray)
+
+
 def message_size(frames: Sequence[Any]) -> int:
     """Total bytes of a multipart message (zmq.Frame, bytes or memoryview parts)."""
     total = 0
     for frame in frames:
-        if type(frame) is bytes or isinstance(frame, _SIZED_BY_LEN) or hasattr(frame, "bytes"):
+        if isinstance(frame, _SIZED_BY_LEN) or hasattr(frame, "bytes"):
             total += len(frame)
         else:
             total += memoryview(frame).nbytes
     return total
-
-
-_SIZED_BY_LEN: Final = (bytes, bytearray)

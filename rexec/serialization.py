@@ -135,7 +135,7 @@ _ATOMS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 _CONTAINERS: Final = frozenset({tuple, list, dict})
 
 
-def is_plain(obj: Any, depth: int = 0) -> bool:
+def _is_plain(obj: Any, depth: int = 0) -> bool:
     """Small plain data (numbers, strings, bytes, and short containers of them)."""
     kind = type(obj)
     if kind in _ATOMS:
@@ -145,11 +145,11 @@ def is_plain(obj: Any, depth: int = 0) -> bool:
     # Loops rather than all(generator): this runs for the arguments and result of every call.
     if kind is dict:
         for key, value in obj.items():
-            if type(key) is not str or not is_plain(value, depth + 1):
+            if type(key) is not str or not _is_plain(value, depth + 1):
                 return False
         return True
     for item in obj:  # noqa: SIM110 -- a loop is cheaper than all(generator) here
-        if not is_plain(item, depth + 1):
+        if not _is_plain(item, depth + 1):
             return False
     return True
 
@@ -162,7 +162,7 @@ def dumps(obj: Any) -> Packed:
     dill as a whole (losing out-of-band buffers, which dill does not support for arrays).
     Small plain data (the arguments and results of most calls) takes a direct path.
     """
-    if is_plain(obj):
+    if _is_plain(obj):
         return Packed(SER_PICKLE, pickle.dumps(obj, protocol=5))
     buffers: list[pickle.PickleBuffer] = []
 

@@ -72,9 +72,7 @@ def rebuild_exception(payload: list[zmq.Frame]) -> BaseException:
 
 def load_value(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
     nbuf = int(header.get("nb") or 0)
-    if not nbuf:
-        return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer)
-    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]]
+    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]] if nbuf else ()
     return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer, buffers)
 
 
