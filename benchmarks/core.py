@@ -6,6 +6,10 @@ Prints a table: medians and p99 of the raw broker-hop echo RTT (three processes 
 TCP) and of a warm ``remote_func`` no-op call through the real local stack with auth on;
 pipelined throughput of both; a large numpy round trip against raw ``copy=False`` frames.
 Targets: no-op <= 1.3x the floor, pipelined >= 0.7x raw, bandwidth >= 0.7x raw.
+
+A second table measures, in the same alternating rounds, a minimal Python relay
+(``benchmarks/minimal.py``): how far from the floor any Python implementation lands on this
+machine before it does anything Rexec does.
 """
 
 from __future__ import annotations
@@ -26,21 +30,33 @@ from typing import Any
 import numpy as np
 import zmq
 
-from benchmarks.report import percentile, print_table
+from benchmarks import minimal
+from benchmarks.minimal import MinimalClient
+from benchmarks.report import Row, percentile, print_table
 from rexec.localstack import StackOptions, free_port, start_stack
 
 
-@contextmanager
-def raw_stack() -> Iterator[zmq.Socket]:
+def relay_processes(module: str, worker_role: str) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """Start ``python -m module broker ...`` and its worker; return the frontend URL."""
     front, back = (
         f"tcp://127.0.0.1:{free_port('127.0.0.1')}",
         f"tcp://127.0.0.1:{free_port('127.0.0.1')}",
     )
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "benchmarks.rawzmq", "broker", front, back]),
-    ]
+    procs = [subprocess.Popen([sys.executable, "-m", module, "broker", front, back])]
     time.sleep(0.3)
-    procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.rawzmq", "echo", back]))
+    procs.append(subprocess.Popen([sys.executable, "-m", module, worker_role, back]))
+    return front, procs
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def raw_stack() -> Iterator[zmq.Socket]:
+    front, procs = relay_processes("benchmarks.rawzmq", "echo")
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(front)
@@ -53,9 +69,19 @@ def raw_stack() -> Iterator[zmq.Socket]:
         yield sock
     finally:
         sock.close()
-        for proc in procs:
-            proc.kill()
-            proc.wait()
+        stop_processes(procs)
+
+
+@contextmanager
+def minimal_stack() -> Iterator[MinimalClient]:
+    front, procs = relay_processes("benchmarks.minimal", "worker")
+    time.sleep(0.3)  # the worker registers before the first request
+    client = MinimalClient(front)
+    try:
+        yield client
+    finally:
+        client.close()
+        stop_processes(procs)
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -105,6 +131,14 @@ def raw_target(sock: zmq.Socket, array: np.ndarray) -> Target:
         sock.recv_multipart(copy=False)
 
     return Target(rtt, pipelined, big)
+
+
+def minimal_target(client: MinimalClient, array: np.ndarray) -> Target:
+    return Target(
+        lambda: client.call(minimal.noop),
+        lambda calls: client.pipelined(minimal.noop, calls),
+        lambda: client.call(minimal.echo, (array,)),
+    )
 
 
 def rexec_target(session: Any, array: np.ndarray) -> Target:
@@ -157,33 +191,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     array = np.ones(args.mb * 1024 * 1024 // 8)
-    with raw_stack() as sock, rexec_stack() as session:
+    with raw_stack() as sock, minimal_stack() as relay, rexec_stack() as session:
         results = measure(
-            {"raw": raw_target(sock, array), "rexec": rexec_target(session, array)},
+            {
+                "raw": raw_target(sock, array),
+                "minimal": minimal_target(relay, array),
+                "rexec": rexec_target(session, array),
+            },
             args.calls,
             args.rounds,
         )
-    raw, ours = results["raw"], results["rexec"]
-    megabytes = 2 * array.nbytes / 1e6
-    rows = []
-    raw_lat, our_lat = statistics.median(raw["latency"]), statistics.median(ours["latency"])
-    rows.append(
-        ("no-op RTT median (us)", raw_lat * 1e6, our_lat * 1e6, our_lat / raw_lat, "<= 1.3")
+    title = (
+        f"{args.calls} calls in {args.rounds} alternating rounds, {args.mb} MB array, "
+        f"{os.cpu_count()} cores"
     )
-    raw_p99, our_p99 = percentile(raw["latency"], 99), percentile(ours["latency"], 99)
-    rows.append(("no-op RTT p99 (us)", raw_p99 * 1e6, our_p99 * 1e6, our_p99 / raw_p99, ""))
-    raw_tp = args.calls / statistics.median(raw["pipelined"])
-    our_tp = args.calls / statistics.median(ours["pipelined"])
-    rows.append(("pipelined calls/s", raw_tp, our_tp, our_tp / raw_tp, ">= 0.7"))
-    raw_bw = megabytes / statistics.median(raw["bandwidth"])
-    our_bw = megabytes / statistics.median(ours["bandwidth"])
-    rows.append((f"{args.mb} MB round trip MB/s", raw_bw, our_bw, our_bw / raw_bw, ">= 0.7"))
+    raw = results["raw"]
+    print_table(f"Rexec core benchmark ({title})", "raw pyzmq", rows(raw, results["rexec"], args))
     print_table(
-        f"Rexec core benchmark ({args.calls} calls in {args.rounds} alternating rounds, "
-        f"{args.mb} MB array, {os.cpu_count()} cores)",
+        "Reference, same run: a minimal Python relay (JSON header, pickle; no auth, no features)",
         "raw pyzmq",
-        rows,
+        rows(raw, results["minimal"], args),
+        label="minimal",
     )
+
+
+def rows(
+    base: dict[str, list[float]], ours: dict[str, list[float]], args: argparse.Namespace
+) -> list[Row]:
+    """Medians (and the latency p99) of ``ours`` against ``base``, with the targets."""
+    megabytes = 2 * args.mb * 1024 * 1024 / 1e6
+    base_lat, our_lat = statistics.median(base["latency"]), statistics.median(ours["latency"])
+    base_p99, our_p99 = percentile(base["latency"], 99), percentile(ours["latency"], 99)
+    base_tp = args.calls / statistics.median(base["pipelined"])
+    our_tp = args.calls / statistics.median(ours["pipelined"])
+    base_bw = megabytes / statistics.median(base["bandwidth"])
+    our_bw = megabytes / statistics.median(ours["bandwidth"])
+    return [
+        ("no-op RTT median (us)", base_lat * 1e6, our_lat * 1e6, our_lat / base_lat, "<= 1.3"),
+        ("no-op RTT p99 (us)", base_p99 * 1e6, our_p99 * 1e6, our_p99 / base_p99, ""),
+        ("pipelined calls/s", base_tp, our_tp, our_tp / base_tp, ">= 0.7"),
+        (f"{args.mb} MB round trip MB/s", base_bw, our_bw, our_bw / base_bw, ">= 0.7"),
+    ]
 
 
 if __name__ == "__main__":

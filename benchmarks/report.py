@@ -13,12 +13,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def print_table(title: str, baseline: str, rows: Iterable[Row], digits: int = 1) -> None:
-    """A Markdown table: metric, baseline, rexec, rexec/baseline ratio, target."""
+def print_table(
+    title: str, baseline: str, rows: Iterable[Row], digits: int = 1, label: str = "rexec"
+) -> None:
+    """A Markdown table: metric, baseline, measured (``label``), their ratio, target."""
     rows = list(rows)
     width = max(len("metric"), *(len(row[0]) for row in rows))
     print(f"\n{title}")
-    print(f"| {'metric':<{width}} | {baseline:>11} | {'rexec':>11} | {'ratio':>6} | target   |")
+    print(f"| {'metric':<{width}} | {baseline:>11} | {label:>11} | {'ratio':>6} | target   |")
     print(f"|{'-' * (width + 2)}|{'-' * 13}|{'-' * 13}|{'-' * 8}|----------|")
     for name, floor, value, ratio, target in rows:
         print(

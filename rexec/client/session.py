@@ -47,6 +47,8 @@ CANCEL_GRACE = 5.0
 # (after a broker restart), then report that none is there.
 UNSPAWNED_WORKER_WAIT = 5.0
 _LOST = "_lost"
+# The arguments of a call without any, serialized once.
+_NO_ARGUMENTS = ser.dumps(((), {}))
 
 
 Delivery = Callable[["_Pending", dict[str, Any], list[zmq.Frame]], None]
@@ -476,7 +478,7 @@ class Session:
     ) -> tuple[str, Callable[..., list[Any]]]:
         """The function's key and a builder of request frames (with or without the function)."""
         key, fn_bytes = self._shipper.pack(fn)
-        packed = ser.dumps((args, kwargs))
+        packed = _NO_ARGUMENTS if not args and not kwargs else ser.dumps((args, kwargs))
         with self._lock:
             inline = key not in self._worker_has
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import inspect
 import pickle
 import queue
 import threading
@@ -208,7 +207,7 @@ def run_call(
         functions.record(key, time.monotonic() - start)
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
         return
-    if inspect.isgenerator(result):
+    if isinstance(result, types.GeneratorType):
         functions.record(key, 0.0, generator=True)
         run_generator(ctx, result, max_bytes)
     else:
