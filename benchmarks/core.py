@@ -31,7 +31,6 @@ import numpy as np
 import zmq
 
 from benchmarks import minimal
-from benchmarks.minimal import MinimalClient
 from benchmarks.report import Row, percentile, print_table
 from rexec.localstack import StackOptions, free_port, start_stack
 
@@ -73,10 +72,10 @@ def raw_stack() -> Iterator[zmq.Socket]:
 
 
 @contextmanager
-def minimal_stack() -> Iterator[MinimalClient]:
+def minimal_stack() -> Iterator[minimal.MinimalClient]:
+    # Requests sent before the worker registers wait in the broker's queue.
     front, procs = relay_processes("benchmarks.minimal", "worker")
-    time.sleep(0.3)  # the worker registers before the first request
-    client = MinimalClient(front)
+    client = minimal.MinimalClient(front)
     try:
         yield client
     finally:
@@ -133,7 +132,7 @@ def raw_target(sock: zmq.Socket, array: np.ndarray) -> Target:
     return Target(rtt, pipelined, big)
 
 
-def minimal_target(client: MinimalClient, array: np.ndarray) -> Target:
+def minimal_target(client: minimal.MinimalClient, array: np.ndarray) -> Target:
     return Target(
         lambda: client.call(minimal.noop),
         lambda calls: client.pipelined(minimal.noop, calls),

@@ -23,7 +23,7 @@ import zmq
 
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+SNDMORE = int(zmq.SNDMORE)
 _scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
