@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import select
 import threading
 import time
@@ -69,6 +70,8 @@ BURST = 64
 # How often the standby thread checks for a handler blocking the dispatch of other messages.
 STANDBY_CHECK = 0.025
 HANDSHAKE_FAILED = "handshake_failed"
+# ``take`` could not read: another thread reads the socket and dispatches what arrives.
+NOT_READING = object()
 
 
 class BrokerChannel:
@@ -113,6 +116,10 @@ class BrokerChannel:
         # Set by the I/O thread while it dispatches a burst: sends are queued until it ends.
         self._corked = False
         self._closing = threading.Event()
+        self._stopping = False  # ``_closing`` as a plain flag, for the I/O loop's every turn
+        # True when the last operation on the socket found nothing left to read: the
+        # notification fd then signals the next arrival, so the I/O thread may sleep on it.
+        self._drained = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._ready = False
@@ -235,6 +242,7 @@ class BrokerChannel:
         return [p.NO_TAG, *frames] if self._tagged else frames
 
     def close(self, timeout: float = 2.0) -> None:
+        self._stopping = True
         self._closing.set()
         self._waker.wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -260,30 +268,40 @@ class BrokerChannel:
             send_message(sock, frames)
         except zmq.Again:
             self._outbox.append(frames)
+            self._drained = False
             return True
         self._last_sent = time.monotonic()
         # Sending may consume the notification fd's edge for an arrived message; the reader
         # only notices through ZMQ_EVENTS, so wake it when something is readable.
         if readable(sock):
+            self._drained = False
             if self._caller_receiving:
                 self._caller_waker.wake()
             return True
+        self._drained = True
         return False
 
-    def _receive_locked(self, sock: zmq.Socket, limit: int = 1) -> int:
+    def _receive_locked(self, sock: zmq.Socket, limit: int = 1, signalled: bool = False) -> int:
         """Move up to ``limit`` readable messages to the inbox; return how many.
 
         Normally one: the reader dispatches it before looking for the next, so checking for
         more happens after a request's handler ran (and sent its reply), not before.
+        ``signalled``: the socket's fd just signalled, so a message is almost surely queued
+        and is received without asking ZMQ_EVENTS first (which costs a system call).
         """
         count = 0
         inbox = self._inbox
-        while count < limit and readable(sock):
+        while count < limit:
+            if not signalled and not readable(sock):
+                self._drained = True
+                return count
+            signalled = False
             try:
                 inbox.append(receive_message(sock))
             except zmq.Again:
                 break
             count += 1
+        self._drained = False
         return count
 
     def _flush_locked(self, sock: zmq.Socket) -> bool:
@@ -294,6 +312,7 @@ class BrokerChannel:
                 self._outbox.popleft()
                 self._outbox.extendleft(reversed(entry()))
                 continue
+            self._drained = False
             try:
                 send_message(sock, entry)
             except zmq.Again:
@@ -355,10 +374,12 @@ class BrokerChannel:
     ) -> None:
         waker = self._waker
         waker_fd, monitor_fd = waker.fileno(), int(monitor.getsockopt(zmq.FD))
+        sock_fd = int(sock.getsockopt(zmq.FD))
         # An fd signals only new arrivals after the socket was read empty once.
         self._handle_monitor(read_monitor_events(monitor))
         streak = 0  # messages received since the loop last slept
-        while not self._closing.is_set():
+        signalled = False  # the socket's fd woke the loop
+        while not self._stopping:
             received = 0
             reading = self._receiver.acquire(blocking=False)
             try:
@@ -366,11 +387,12 @@ class BrokerChannel:
                     if reading:
                         # The first message after a sleep is handled alone, so its reply leaves
                         # at once; more waiting behind it make a burst, handled corked.
-                        received = self._receive_locked(sock, BURST if streak else 1)
-                    flushed = self._flush_locked(sock)
+                        received = self._receive_locked(sock, BURST if streak else 1, signalled)
+                    flushed = self._flush_locked(sock) if self._outbox else True
             finally:
                 if reading:
                     self._receiver.release()
+            signalled = False
             if self._inbox:
                 if received > 1:
                     self._dispatch_corked(sock)
@@ -379,13 +401,18 @@ class BrokerChannel:
             if received:
                 streak += received
                 self._last_received = time.monotonic()
-                continue  # look for the next message before sleeping
+                if not self._drained or self._outbox:
+                    continue  # look for the next message before sleeping
+                # A handler's reply was sent and nothing more had arrived: sleep at once.
             streak = 0
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
+            signalled = False
             for fd, _ in (quiet if self._caller_receiving else poller).poll(timeout_ms):
-                if fd == waker_fd:
+                if fd == sock_fd:
+                    signalled = True
+                elif fd == waker_fd:
                     self._wake_requested = False
                     waker.drain()
                 elif fd == monitor_fd:
@@ -464,6 +491,84 @@ class BrokerChannel:
                 self._waker.wake()  # the I/O thread reads the socket again
         return True
 
+    def take(
+        self,
+        request_id: str,
+        delivered: queue.SimpleQueue[Any],
+        timeout: float,
+        others_waiting: Callable[[], bool],
+    ) -> tuple[dict[str, Any], list[zmq.Frame]] | object | None:
+        """Read the socket on the calling thread for the next message about ``request_id``.
+
+        The synchronous path of a request: the thread waiting for its reply reads it itself,
+        and a message about its own request goes straight back to it, not through dispatch and
+        a queue; messages about anything else are dispatched as usual. Returns ``(header,
+        payload)``; None if ``timeout`` passed or the message was put in ``delivered`` (its
+        dispatch queue) meanwhile; ``NOT_READING`` at once if another thread reads the socket
+        (then wait on ``delivered``). ``others_waiting`` is as for ``receive_until``.
+        """
+        poller = self._caller_poller
+        if poller is None or not self._receiver.acquire(blocking=False):
+            return NOT_READING
+        self._caller_receiving = True
+        waker_fd = self._caller_waker.fileno()
+        try:
+            # What an I/O thread received before is dispatched first, in order.
+            self._dispatch_inbox(wait=True)
+            if not delivered.empty():
+                return None
+            end = time.monotonic() + timeout
+            check = True  # False right after the fd signalled: a message is almost surely there
+            while True:
+                frames = None
+                with self._lock:
+                    sock = self._sock
+                    if sock is None:
+                        return None
+                    if self._outbox:
+                        self._flush_locked(sock)
+                    # ``_drained``: the last operation on the socket (often the send of this
+                    # very request) found nothing to read, so the fd signals the next arrival.
+                    if not check or (not self._drained and readable(sock)):
+                        try:
+                            frames = receive_message(sock)
+                        except zmq.Again:
+                            pass
+                        self._drained = False
+                    else:
+                        self._drained = True
+                if frames is not None:
+                    self._last_received = time.monotonic()
+                    header = self._parse(frames)
+                    if (
+                        header is not None
+                        and header.get("id") == request_id
+                        and header["t"] not in self._control
+                    ):
+                        return header, frames[1 + self._tagged :]
+                    self._inbox.append(frames)
+                    self._dispatch_inbox(wait=True)
+                    if not delivered.empty():
+                        return None
+                    check = True
+                    continue
+                if not delivered.empty():
+                    return None  # e.g. the end of the request after a lost connection
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                check = True
+                for fd, _ in poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
+                    if fd == waker_fd:
+                        self._caller_waker.drain()
+                    else:
+                        check = False
+        finally:
+            self._caller_receiving = False
+            self._receiver.release()
+            if others_waiting():
+                self._waker.wake()  # the I/O thread reads the socket again
+
     def _standby(self) -> None:
         """Take over reading while a handler has been blocking dispatch for too long."""
         assert self._standby_after is not None
@@ -499,15 +604,22 @@ class BrokerChannel:
             elif event in HANDSHAKE_FAILURES:
                 self._on_event(HANDSHAKE_FAILED, {"event": event})
 
-    def _handle(self, frames: list[zmq.Frame]) -> None:
+    def _parse(self, frames: list[zmq.Frame]) -> dict[str, Any] | None:
+        """The header of a received message; None (logged) if it is malformed."""
         start = 1 if self._tagged else 0
         if len(frames) <= start:
-            return
+            return None
         try:
-            header = p.parse_header(frames[start].buffer, self._allowed)
+            return p.parse_header(frames[start].buffer, self._allowed)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the broker: %s", exc)
+            return None
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        header = self._parse(frames)
+        if header is None:
             return
+        start = 1 if self._tagged else 0
         tag = frames[0].bytes if self._tagged else None
         try:
             if header["t"] in self._control:

@@ -39,6 +39,8 @@ class StackOptions:
     spawner_port: int = 8750
     curve: bool = False
     user: str = field(default_factory=getpass.getuser)
+    # Put before the broker's command line, to run it under a profiler (e.g. valgrind).
+    broker_prefix: tuple[str, ...] = ()
 
 
 @dataclass
@@ -106,7 +108,9 @@ def start_stack(options: StackOptions, log: callable = print) -> RunningStack:  
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         processes["broker"] = _spawn(
-            [sys.executable, "-m", "rexec_broker", *broker_args, *common], logs / "broker.log", env
+            [*options.broker_prefix, sys.executable, "-m", "rexec_broker", *broker_args, *common],
+            logs / "broker.log",
+            env,
         )
         spawner_args = [
             "--host",

@@ -131,14 +131,14 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-_ATOMS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
+ATOMS: Final = frozenset({type(None), bool, int, float, complex, str, bytes})
 _CONTAINERS: Final = frozenset({tuple, list, dict})
 
 
 def _is_plain(obj: Any, depth: int = 0) -> bool:
     """Small plain data (numbers, strings, bytes, and short containers of them)."""
     kind = type(obj)
-    if kind in _ATOMS:
+    if kind in ATOMS:
         return True
     if kind not in _CONTAINERS or depth > 2 or len(obj) > 16:
         return False
@@ -349,6 +349,9 @@ def _value_fingerprint(value: Any, seen: set[int]) -> tuple[Any, ...] | None:
 def _function_fingerprint(fn: types.FunctionType, seen: set[int]) -> tuple[Any, ...] | None:
     parts: list[Any] = [id(fn.__code__)]
     for value in (fn.__defaults__, fn.__kwdefaults__ and tuple(fn.__kwdefaults__.items())):
+        if value is None:
+            parts.append(None)
+            continue
         part = _value_fingerprint(value, seen)
         if part is None:
             return None
@@ -412,7 +415,9 @@ class FunctionShipper:
 
     def pack(self, fn: Any) -> tuple[str, bytes]:
         """Return ``(key, data)``: a content hash and the dill bytes of ``fn``."""
-        fingerprint = function_fingerprint(fn)
+        fingerprint = (
+            _function_fingerprint(fn, {id(fn)}) if isinstance(fn, types.FunctionType) else None
+        )
         entry = self._cache.get(id(fn))
         if (
             entry is not None

@@ -77,6 +77,13 @@ def load_value(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
 
 
 def result_of(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
+    if (
+        header.get("status") == p.STATUS_OK
+        and header.get("ser") == ser.SER_PICKLE
+        and "nb" not in header
+        and header["t"] == p.REPLY
+    ):
+        return pickle.loads(payload[0].buffer)  # the usual result: one plain pickle
     raise_for_reply(header, payload)
     return load_value(header, payload)
 

@@ -25,7 +25,14 @@ import zmq
 
 from rexec import protocol as p
 from rexec import serialization as ser
-from rexec.channel import DISCONNECTED, READY, REFUSED, UNRESPONSIVE, BrokerChannel
+from rexec.channel import (
+    DISCONNECTED,
+    NOT_READING,
+    READY,
+    REFUSED,
+    UNRESPONSIVE,
+    BrokerChannel,
+)
 from rexec.client.generators import RemoteGenerator
 from rexec.client.outputs import ConsoleOutput, OutputHandler
 from rexec.client.replies import cell_reply, load_value, raise_for_reply, refusal_error, result_of
@@ -263,15 +270,13 @@ class Session:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _new_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
-
     def _start(
         self, frames_for: Callable[[str], list[Any]], callback: Delivery | None = None
     ) -> tuple[_Pending, list[Any]]:
-        self.connect()
-        assert self._channel is not None
-        request_id = self._new_id()
+        if self._channel is None:
+            self.connect()
+            assert self._channel is not None
+        request_id = f"{self._prefix}-{next(self._ids)}"
         frames = frames_for(request_id)
         size = p.message_size(frames)
         if size > self.max_bytes:
@@ -355,14 +360,19 @@ class Session:
         if not events.empty():
             return events.get_nowait()
         channel = self._channel
-        if channel is not None and channel.receive_until(
-            lambda: not events.empty(), wait, lambda: len(self._pending) > 1
-        ):
-            return None if events.empty() else events.get_nowait()
+        if channel is not None:
+            taken = channel.take(pending.id, events, wait, self._others_waiting)
+            if taken is not NOT_READING:
+                if taken is None:
+                    return None if events.empty() else events.get_nowait()
+                return taken  # type: ignore[return-value]
         try:
-            return pending.events.get(timeout=wait)
+            return events.get(timeout=wait)
         except queue.Empty:
             return None
+
+    def _others_waiting(self) -> bool:
+        return len(self._pending) > 1
 
     def _interrupt(self, pending: _Pending, output: OutputHandler) -> None:
         """Cancel a request on the worker and wait briefly for it to stop."""

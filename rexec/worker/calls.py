@@ -105,6 +105,10 @@ class FunctionCache:
 
 def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
     """A terminal ``ok`` reply carrying ``value``, or an error if it cannot travel."""
+    if type(value) in ser.ATOMS:  # None, numbers, strings: one plain pickle
+        data = pickle.dumps(value, protocol=5)
+        if len(data) <= max_bytes:
+            return p.make_result(request_id, (data,), ser.SER_PICKLE, 0)
     try:
         packed = ser.dumps(value)
     except Exception as exc:

@@ -212,9 +212,13 @@ class Worker:
             if self._functions.runs_quickly(header.get("fn")) and channel.in_io_thread():
                 channel.begin_blocking()
                 try:
-                    self._guarded(ctx, run_call, header, payload, self._functions, self.max_bytes)
+                    run_call(ctx, header, payload, self._functions, self.max_bytes)
+                except BaseException as exc:
+                    self._failed(ctx, exc)
                 finally:
                     channel.end_blocking()
+                    with self._requests_lock:
+                        self._requests.pop(key, None)
                 return
             self._pool.submit(
                 self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
@@ -243,11 +247,15 @@ class Worker:
         try:
             target(ctx, *args)
         except BaseException as exc:
-            log.exception("request %s failed inside the worker", ctx.request_id)
-            if not ctx.finished:
-                ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=0))
+            self._failed(ctx, exc)
         finally:
             self._forget(ctx)
+
+    def _failed(self, ctx: RequestContext, exc: BaseException) -> None:
+        """Rexec's own code failed while handling a request: tell its client, if not yet told."""
+        log.exception("request %s failed inside the worker", ctx.request_id, exc_info=exc)
+        if not ctx.finished:
+            ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=0))
 
     def _finish(self, ctx: RequestContext, frames: list[Any]) -> None:
         ctx.finish(frames)
