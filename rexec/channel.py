@@ -8,8 +8,9 @@ which does not touch the socket, so it never holds the lock while it waits. Both
 session and the worker use this class.
 
 Inbound messages are dispatched in arrival order, one at a time, by whichever thread reads the
-socket: normally the I/O thread; a client thread waiting for its own reply reads and dispatches
-itself (no hand-over between threads in a request's path). A handler may run short work in place
+socket: normally the I/O thread; a client thread waiting for its own reply reads the socket
+itself (``take``): messages about its request come straight back to it, others are dispatched as
+usual (no hand-over between threads in a request's path). A handler may run short work in place
 inside ``blocking_section()``; if that work turns out to take long, a standby thread takes over
 reading and dispatching until it ends, so nothing waits behind it for more than
 ``standby_after`` seconds.
