@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,8 @@ def raw_caller(front: str) -> Callable[[], None]:
             break
         if time.monotonic() > deadline:
             raise RuntimeError("the raw relay did not answer")
+    while sock.poll(500):  # echoes of the probes sent before the relay was up
+        sock.recv()
 
     def call() -> None:
         sock.send_multipart([header, b"args"])
@@ -111,8 +114,7 @@ def raw_caller(front: str) -> Callable[[], None]:
 
 
 def minimal_caller(front: str) -> Callable[[], None]:
-    client = minimal.MinimalClient(front)
-    client._sock.setsockopt(zmq.RCVTIMEO, int(START_TIMEOUT * 1000))
+    client = minimal.MinimalClient(front, timeout_ms=int(START_TIMEOUT * 1000))
     return lambda: client.call(minimal.noop)
 
 
@@ -122,7 +124,7 @@ def rexec_caller(wrap: dict[str, list[str]]) -> Iterator[Callable[[], None]]:
     os.environ["REXEC_QUIET"] = "1"
     if "worker" in wrap:
         command = [*wrap["worker"], sys.executable, "-m", "rexec", "worker"]
-        os.environ["REXEC_WORKER_COMMAND"] = " ".join(command)
+        os.environ["REXEC_WORKER_COMMAND"] = shlex.join(command)
     options = StackOptions(
         broker_port=0, backend_port=0, spawner_port=0, broker_prefix=tuple(wrap.get("broker", ()))
     )

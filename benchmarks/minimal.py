@@ -101,10 +101,10 @@ def run_worker(backend_url: str) -> None:
 class MinimalClient:
     """The client side: one DEALER, requests built from a template, replies read in order."""
 
-    def __init__(self, frontend_url: str) -> None:
+    def __init__(self, frontend_url: str, timeout_ms: int = 10_000) -> None:
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVTIMEO, 10_000)  # a failed relay ends the run, not hangs it
+        self._sock.setsockopt(zmq.RCVTIMEO, timeout_ms)  # a failed relay ends the run, not hangs it
         self._sock.connect(frontend_url)
         self._ids = itertools.count()
         self._functions: dict[int, bytes] = {}
