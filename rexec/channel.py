@@ -446,51 +446,15 @@ class BrokerChannel:
     def receive_until(
         self, done: Callable[[], bool], timeout: float, others_waiting: Callable[[], bool]
     ) -> bool:
-        """Read the socket on the calling thread until ``done()`` or ``timeout`` seconds.
-
-        A thread waiting for its own reply reads it itself instead of waiting for the I/O
-        thread to hand it over; messages for other requests are dispatched as usual. Returns
-        False at once if another thread is reading (then wait for the hand-over instead).
-        ``others_waiting()`` tells, when this thread stops reading, whether the I/O thread
-        must take over at once; otherwise it does within its idle poll interval.
+        """Read the socket on the calling thread, dispatching what arrives, until ``done()`` or
+        ``timeout`` seconds. Returns False at once if another thread is reading (then wait for
+        it to dispatch instead). ``others_waiting()`` tells, when this thread stops reading,
+        whether the I/O thread must take over at once; otherwise it does within its idle poll
+        interval.
         """
-        poller = self._caller_poller
-        if poller is None or not self._receiver.acquire(blocking=False):
-            return False
-        self._caller_receiving = True
-        waker_fd = self._caller_waker.fileno()
-        end = time.monotonic() + timeout
-        try:
-            while not done():
-                with self._lock:
-                    sock = self._sock
-                    if sock is None:
-                        return True
-                    received = self._receive_locked(sock)
-                    if self._outbox:
-                        self._flush_locked(sock)
-                if received:
-                    self._last_received = time.monotonic()
-                if self._inbox:
-                    # Older messages go first; this waits if the I/O thread is dispatching.
-                    self._dispatch_inbox(wait=True)
-                    continue
-                if received:
-                    continue
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    break
-                # Short slices: a notification edge consumed by another thread's send is
-                # noticed through the caller waker, or at worst at the next slice.
-                for fd, _ in poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
-                    if fd == waker_fd:
-                        self._caller_waker.drain()
-        finally:
-            self._caller_receiving = False
-            self._receiver.release()
-            if others_waiting():
-                self._waker.wake()  # the I/O thread reads the socket again
-        return True
+        return self._read_as_caller(None, lambda: not done(), timeout, others_waiting) is not (
+            NOT_READING
+        )
 
     def take(
         self,
@@ -508,6 +472,18 @@ class BrokerChannel:
         dispatch queue) meanwhile; ``NOT_READING`` at once if another thread reads the socket
         (then wait on ``delivered``). ``others_waiting`` is as for ``receive_until``.
         """
+        return self._read_as_caller(request_id, delivered.empty, timeout, others_waiting)
+
+    def _read_as_caller(
+        self,
+        claim: str | None,
+        waiting: Callable[[], bool],
+        timeout: float,
+        others_waiting: Callable[[], bool],
+    ) -> tuple[dict[str, Any], list[zmq.Frame]] | object | None:
+        """Read and dispatch on the calling thread while ``waiting()``, for at most ``timeout``
+        seconds; a message about request ``claim`` is returned instead of dispatched. None when
+        it stops otherwise; ``NOT_READING`` if another thread holds the socket for reading."""
         poller = self._caller_poller
         if poller is None or not self._receiver.acquire(blocking=False):
             return NOT_READING
@@ -516,11 +492,9 @@ class BrokerChannel:
         try:
             # What an I/O thread received before is dispatched first, in order.
             self._dispatch_inbox(wait=True)
-            if not delivered.empty():
-                return None
             end = time.monotonic() + timeout
             check = True  # False right after the fd signalled: a message is almost surely there
-            while True:
+            while waiting():
                 frames = None
                 with self._lock:
                     sock = self._sock
@@ -538,32 +512,31 @@ class BrokerChannel:
                         self._drained = False
                     else:
                         self._drained = True
+                check = True
                 if frames is not None:
                     self._last_received = time.monotonic()
                     header = self._parse(frames)
                     if (
-                        header is not None
-                        and header.get("id") == request_id
+                        claim is not None
+                        and header is not None
+                        and header.get("id") == claim
                         and header["t"] not in self._control
                     ):
                         return header, frames[1 + self._tagged :]
                     self._inbox.append(frames)
                     self._dispatch_inbox(wait=True)
-                    if not delivered.empty():
-                        return None
-                    check = True
                     continue
-                if not delivered.empty():
-                    return None  # e.g. the end of the request after a lost connection
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return None
-                check = True
+                # Short slices: a notification edge consumed by another thread's send is
+                # noticed through the caller waker, or at worst at the next slice.
                 for fd, _ in poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
                     if fd == waker_fd:
                         self._caller_waker.drain()
                     else:
                         check = False
+            return None
         finally:
             self._caller_receiving = False
             self._receiver.release()
