@@ -415,9 +415,7 @@ class FunctionShipper:
 
     def pack(self, fn: Any) -> tuple[str, bytes]:
         """Return ``(key, data)``: a content hash and the dill bytes of ``fn``."""
-        fingerprint = (
-            _function_fingerprint(fn, {id(fn)}) if isinstance(fn, types.FunctionType) else None
-        )
+        fingerprint = function_fingerprint(fn)
         entry = self._cache.get(id(fn))
         if (
             entry is not None

@@ -217,8 +217,7 @@ class Worker:
                     self._failed(ctx, exc)
                 finally:
                     channel.end_blocking()
-                    with self._requests_lock:
-                        self._requests.pop(key, None)
+                    self._forget(ctx)
                 return
             self._pool.submit(
                 self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
