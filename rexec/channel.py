@@ -584,7 +584,7 @@ class BrokerChannel:
         if len(frames) <= start:
             return None
         try:
-            return p.parse_header(frames[start].buffer, self._allowed)
+            return p.parse_header(frames[start].bytes, self._allowed)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from the broker: %s", exc)
             return None

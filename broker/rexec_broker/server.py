@@ -340,7 +340,7 @@ class Broker:
         if len(frames) < 2:
             return
         try:
-            header = p.parse_header(frames[1].buffer, _CLIENT_TO_BROKER)
+            header = p.parse_header(frames[1].bytes, _CLIENT_TO_BROKER)
         except ProtocolError as exc:
             code = p.E_PROTOCOL_VERSION if "version" in str(exc) else p.E_BAD_MESSAGE
             self._to_client(rid, p.make_refused(code, str(exc)))
@@ -528,7 +528,7 @@ class Broker:
             return
         tag = frames[1].bytes
         try:
-            header = p.parse_header(frames[2].buffer, _WORKER_TO_BROKER)
+            header = p.parse_header(frames[2].bytes, _WORKER_TO_BROKER)
         except ProtocolError as exc:
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
             return

@@ -46,11 +46,23 @@ def test_error_reply_carries_code_and_message():
         (b'{"v": 99, "t": "hello"}', "protocol version 99"),
         (b'{"v": 1, "t": "shutdown"}', "unexpected message type"),
         (b'{"v": 1, "t": "request", "id": "../../etc"}', "request id"),
+        (b"[" * 5000 + b"]" * 5000, "JSON"),  # nesting beyond the fast parser's limit
+        (b'{"v": 1, "t": "hello", "x": "\xff"}', "not UTF-8 JSON"),
     ],
 )
 def test_malformed_headers_are_refused(frame, reason):
     with pytest.raises(ProtocolError, match=reason):
         p.parse_header(frame, p.CLIENT_TO_BROKER)
+
+
+def test_values_outside_the_fast_parser_still_round_trip():
+    # The fast JSON library refuses these; the standard library takes over.
+    header = p.parse_header(p.make_header(p.PING, stats={"big": 2**70, "nan": float("nan")}))
+    assert header["stats"]["big"] == 2**70
+    assert header["stats"]["nan"] != header["stats"]["nan"]
+    content = {"data": {"text/plain": "x"}, "metadata": {"inf": float("inf"), 1: "int key"}}
+    parsed = p.parse_json_frame(p.make_json_frame(content))
+    assert parsed["metadata"] == {"inf": float("inf"), "1": "int key"}
 
 
 def test_header_size_is_bounded_when_building():
