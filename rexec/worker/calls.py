@@ -74,18 +74,22 @@ class FunctionCache:
         # only, updated without the lock: a lost update just delays or repeats a decision.
         self._quick: dict[str, int] = {}
 
-    def runs_quickly(self, key: str | None) -> bool:
-        """True if the last calls of this function all returned within INLINE_MAX_SECONDS."""
-        return self._quick.get(key or "", 0) >= INLINE_AFTER_FAST_CALLS
+    def quick(self, key: Any) -> Any:
+        """The cached function ``key`` if its recent calls all returned quickly, else None."""
+        if type(key) is not str or self._quick.get(key, 0) < INLINE_AFTER_FAST_CALLS:
+            return None
+        return self.get(key)
 
     def record(self, key: str, seconds: float, generator: bool = False) -> None:
+        quick = self._quick
         if generator:
-            self._quick[key] = -1
-        elif seconds < INLINE_MAX_SECONDS:
-            if self._quick.get(key, 0) >= 0:
-                self._quick[key] = self._quick.get(key, 0) + 1
+            quick[key] = -1
+        elif seconds >= INLINE_MAX_SECONDS:
+            quick[key] = 0
         else:
-            self._quick[key] = 0
+            count = quick.get(key, 0)
+            if 0 <= count < INLINE_AFTER_FAST_CALLS:
+                quick[key] = count + 1
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -149,41 +153,53 @@ def exception_reply(request_id: str, exc: BaseException, skip_frames: int = 1) -
     )
 
 
-def load_call(
+class CallRefused(Exception):
+    """A call that cannot run; ``frames`` is the error reply to send instead."""
+
+    def __init__(self, frames: list[Any]) -> None:
+        super().__init__(frames)
+        self.frames = frames
+
+
+def load_function(
     header: dict[str, Any], payload: list[zmq.Frame], functions: FunctionCache
-) -> tuple[Any, tuple[Any, ...], dict[str, Any]] | list[Any]:
-    """Decode a call: ``(fn, args, kwargs)``, or an error reply to send instead."""
+) -> tuple[Any, int]:
+    """The function a call runs, and the index of its argument frame; ``CallRefused`` if the
+    function is malformed or unknown here."""
     request_id = header["id"]
     key = header.get("fn")
     if not isinstance(key, str):
-        return p.make_error_reply(request_id, p.E_BAD_MESSAGE, "a call needs a function key")
-    index = 0
-    try:
-        if header.get("fn_inline"):
-            data = payload[0].bytes
-            if ser.function_key(data) != key:
-                return p.make_error_reply(request_id, p.E_BAD_MESSAGE, "function key mismatch")
-            fn = bind_to_namespace(ser.loads_function(data), functions.namespace)
-            functions.put(key, fn)
-            index = 1
-        else:
-            fn = functions.get(key)
-            if fn is None:
-                return p.make_error_reply(
+        raise CallRefused(
+            p.make_error_reply(request_id, p.E_BAD_MESSAGE, "a call needs a function key")
+        )
+    if not header.get("fn_inline"):
+        fn = functions.get(key)
+        if fn is None:
+            raise CallRefused(
+                p.make_error_reply(
                     request_id, p.E_UNKNOWN_FUNCTION, "the worker does not have this function"
                 )
-        nbuf = int(header.get("nb") or 0)
-        buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + nbuf]] if nbuf else ()
-        args, kwargs = ser.loads(header.get("ser", ser.SER_PICKLE), payload[index].buffer, buffers)
+            )
+        return fn, 0
+    data = payload[0].bytes if payload else b""
+    if ser.function_key(data) != key:
+        raise CallRefused(p.make_error_reply(request_id, p.E_BAD_MESSAGE, "function key mismatch"))
+    try:
+        fn = bind_to_namespace(ser.loads_function(data), functions.namespace)
     except Exception as exc:
-        return p.make_error_reply(
-            request_id,
-            p.E_DESERIALIZE,
-            f"the worker could not load the function or its arguments: "
-            f"{type(exc).__name__}: {exc}. Check that the worker has the same packages and "
-            "Python version as this client",
-        )
-    return fn, args, kwargs
+        raise CallRefused(_not_loadable(request_id, exc)) from exc
+    functions.put(key, fn)
+    return fn, 1
+
+
+def _not_loadable(request_id: str, exc: Exception) -> list[bytes]:
+    return p.make_error_reply(
+        request_id,
+        p.E_DESERIALIZE,
+        f"the worker could not load the function or its arguments: "
+        f"{type(exc).__name__}: {exc}. Check that the worker has the same packages and "
+        "Python version as this client",
+    )
 
 
 def run_call(
@@ -193,12 +209,36 @@ def run_call(
     functions: FunctionCache,
     max_bytes: int,
 ) -> None:
-    """Run one call on the current thread and send its outputs and reply."""
-    loaded = load_call(header, payload, functions)
-    if isinstance(loaded, list):
-        ctx.finish(loaded)
+    """Load and run one call on the current thread and send its outputs and reply."""
+    try:
+        fn, index = load_function(header, payload, functions)
+    except CallRefused as refused:
+        ctx.finish(refused.frames)
         return
-    fn, args, kwargs = loaded
+    call_function(ctx, fn, header, payload, index, functions, max_bytes)
+
+
+def call_function(
+    ctx: RequestContext,
+    fn: Any,
+    header: dict[str, Any],
+    payload: list[zmq.Frame],
+    index: int,
+    functions: FunctionCache,
+    max_bytes: int,
+) -> None:
+    """Run ``fn`` with the arguments in ``payload[index:]`` and send its reply."""
+    try:
+        nbuf = header.get("nb")
+        kind = header.get("ser", ser.SER_PICKLE)
+        if not nbuf and kind == ser.SER_PICKLE:  # the usual call: one plain pickle
+            args, kwargs = pickle.loads(payload[index].buffer)
+        else:
+            buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + int(nbuf or 0)]]
+            args, kwargs = ser.loads(kind, payload[index].buffer, buffers)
+    except Exception as exc:
+        ctx.finish(_not_loadable(ctx.request_id, exc))
+        return
     key = header["fn"]
     start = time.monotonic()
     try:
@@ -211,7 +251,7 @@ def run_call(
         functions.record(key, time.monotonic() - start)
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
         return
-    if isinstance(result, types.GeneratorType):
+    if type(result) is types.GeneratorType:
         functions.record(key, 0.0, generator=True)
         run_generator(ctx, result, max_bytes)
     else:

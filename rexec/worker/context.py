@@ -20,14 +20,15 @@ from rexec import protocol as p
 MAX_STREAM_CHUNK = 1024 * 1024
 
 _local = threading.local()
+# Requests running user code, newest last. Appends and removals are single list operations,
+# atomic under the GIL; readers tolerate the list changing under them.
 _active: list[RequestContext] = []
-_active_lock = threading.Lock()
-_last: list[RequestContext] = []  # the request that most recently ran user code
+_last: list[RequestContext | None] = [None]  # the request that most recently ran user code
 _before_finish: list[Callable[[], None]] = []
 
 
 def last_context() -> RequestContext | None:
-    return _last[0] if _last else None
+    return _last[0]
 
 
 def run_before_finish(hook: Callable[[], None]) -> None:
@@ -40,8 +41,10 @@ def current_context() -> RequestContext | None:
     ctx = getattr(_local, "ctx", None)
     if ctx is not None:
         return ctx
-    with _active_lock:
-        return _active[-1] if _active else None
+    try:
+        return _active[-1]
+    except IndexError:
+        return None
 
 
 def _async_raise(thread_id: int, exc_type: type[BaseException] | None) -> None:
@@ -174,9 +177,8 @@ class RequestContext:
         ``leave`` needs. Raises KeyboardInterrupt if the request was cancelled already."""
         previous: RequestContext | None = getattr(_local, "ctx", None)
         _local.ctx = self
-        with _active_lock:
-            _active.append(self)
-            _last[:] = (self,)
+        _active.append(self)
+        _last[0] = self
         with self._lock:
             self._thread_id = threading.get_ident()
             self._interrupt = interrupt
@@ -194,9 +196,10 @@ class RequestContext:
             if self.cancelled and self._interrupt is None and self._thread_id is not None:
                 _async_raise(self._thread_id, None)  # drop an interrupt that came too late
         _local.ctx = previous
-        with _active_lock:
-            if self in _active:
-                _active.remove(self)
+        try:
+            _active.remove(self)
+        except ValueError:
+            pass
 
     def cancel(self) -> None:
         """Interrupt this request: KeyboardInterrupt in its user code, or stop its generator."""

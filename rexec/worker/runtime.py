@@ -37,7 +37,7 @@ from rexec.client.skew import local_info
 from rexec.worker import context
 from rexec.worker import environment as envs
 from rexec.worker import shell as shell_ops
-from rexec.worker.calls import FunctionCache, exception_reply, run_call
+from rexec.worker.calls import FunctionCache, call_function, exception_reply, run_call
 from rexec.worker.context import RequestContext, RoutedStream
 from rexec.worker.fdcapture import FdCapture
 from rexec.worker.pool import CallPool
@@ -80,8 +80,9 @@ class Worker:
         self.max_bytes = 512 * 1024 * 1024
         self.exit_code = EXIT_OK
         self._functions = FunctionCache()
+        # Requests in progress. Only the thread dispatching messages adds entries; every access
+        # is a single dict operation, atomic under the GIL.
         self._requests: dict[tuple[bytes, str], RequestContext] = {}
-        self._requests_lock = threading.Lock()
         self._cells: queue.SimpleQueue[tuple[RequestContext, dict[str, Any], str] | None] = (
             queue.SimpleQueue()
         )
@@ -161,9 +162,7 @@ class Worker:
         os.replace(tmp, path)
 
     def _stats(self) -> dict[str, Any]:
-        with self._requests_lock:
-            busy = len(self._requests)
-        return {"busy": busy, "cell": self._running_cell is not None}
+        return {"busy": len(self._requests), "cell": self._running_cell is not None}
 
     # -- channel callbacks (I/O thread) ----------------------------------------------------
 
@@ -184,12 +183,15 @@ class Worker:
         self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
     ) -> None:
         msg_type = header["t"]
-        key = (tag or b"", header.get("id", ""))
         if msg_type == p.REQUEST:
-            self._start_request(key, header, payload)
+            if header.get("op") == p.OP_CALL and not header.get("fn_inline"):
+                fn = self._functions.quick(header.get("fn"))
+                if fn is not None and self.channel.in_io_thread():
+                    self._call_in_place(fn, tag or b"", header, payload)
+                    return
+            self._start_request((tag or b"", header.get("id", "")), header, payload)
             return
-        with self._requests_lock:
-            ctx = self._requests.get(key)
+        ctx = self._requests.get((tag or b"", header.get("id", "")))
         if ctx is None:
             return
         if msg_type == p.CANCEL:
@@ -201,24 +203,12 @@ class Worker:
         self, key: tuple[bytes, str], header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
         tag, request_id = key
+        if key in self._requests:
+            return  # a request id already in progress
         op = header.get("op")
         ctx = RequestContext(tag, request_id, str(op), self.channel.send, self.channel.send_later)
-        with self._requests_lock:
-            if key in self._requests:
-                return
-            self._requests[key] = ctx
+        self._requests[key] = ctx
         if op == p.OP_CALL:
-            channel = self.channel
-            if self._functions.runs_quickly(header.get("fn")) and channel.in_io_thread():
-                channel.begin_blocking()
-                try:
-                    run_call(ctx, header, payload, self._functions, self.max_bytes)
-                except BaseException as exc:
-                    self._failed(ctx, exc)
-                finally:
-                    channel.end_blocking()
-                    self._forget(ctx)
-                return
             self._pool.submit(
                 self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
             )
@@ -233,6 +223,29 @@ class Worker:
             self._pool.submit(self._guarded, ctx, envs.handle_request, payload, self._restart_into)
         else:
             self._finish(ctx, p.make_error_reply(request_id, p.E_BAD_MESSAGE, f"unknown op {op!r}"))
+
+    def _call_in_place(
+        self, fn: Any, tag: bytes, header: dict[str, Any], payload: list[zmq.Frame]
+    ) -> None:
+        """Run a call of a function whose calls return quickly right here, on the I/O thread:
+        no hand-over to a call thread. The standby thread takes over reading meanwhile if it
+        runs long after all."""
+        request_id = header["id"]
+        key = (tag, request_id)
+        requests = self._requests
+        if key in requests:
+            return  # a request id already in progress
+        channel = self.channel
+        ctx = RequestContext(tag, request_id, p.OP_CALL, channel.send, channel.send_later)
+        requests[key] = ctx
+        channel.begin_blocking()
+        try:
+            call_function(ctx, fn, header, payload, 0, self._functions, self.max_bytes)
+        except BaseException as exc:
+            self._failed(ctx, exc)
+        finally:
+            channel.end_blocking()
+            requests.pop(key, None)
 
     # -- running requests ------------------------------------------------------------------
 
@@ -261,8 +274,7 @@ class Worker:
         self._forget(ctx)
 
     def _forget(self, ctx: RequestContext) -> None:
-        with self._requests_lock:
-            self._requests.pop(ctx.key, None)
+        self._requests.pop(ctx.key, None)
 
     def _introspect(self, ctx: RequestContext, header: dict[str, Any], payload: list[Any]) -> None:
         assert self._shell is not None

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,9 @@ from tests.conftest import REPO, WorkerProcess, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 OTHER_PYTHON = Path("/root/.pyenv/versions/3.12.1/bin/python3")
-WORKER_PACKAGES = ["pyzmq>=25", "dill>=0.3.8", "httpx>=0.25", "ipython>=8", "packaging"]
+_PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+# What a worker installs: the base dependencies and the worker extra, read from pyproject.toml.
+WORKER_PACKAGES = [*_PROJECT["dependencies"], *_PROJECT["optional-dependencies"]["worker"]]
 SCALE = 3  # a plain-data global that travels with a function shipped as source
 
 
