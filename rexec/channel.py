@@ -490,8 +490,8 @@ class BrokerChannel:
         self._caller_receiving = True
         waker_fd = self._caller_waker.fileno()
         try:
-            # What an I/O thread received before is dispatched first, in order.
-            self._dispatch_inbox(wait=True)
+            if self._inbox:  # what an I/O thread received before is dispatched first, in order
+                self._dispatch_inbox(wait=True)
             end = time.monotonic() + timeout
             check = True  # False right after the fd signalled: a message is almost surely there
             while waiting():

@@ -53,6 +53,26 @@ class ConsoleOutput:
             self._stdout.flush()
 
 
+class CurrentConsoleOutput(ConsoleOutput):
+    """A ``ConsoleOutput`` that writes to whatever ``sys.stdout``/``sys.stderr`` are when an
+    output arrives: for a caller waiting on its own thread, the same as when the request started.
+    One instance serves every synchronous call."""
+
+    def __init__(self) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def _stdout(self) -> TextIO:
+        return sys.stdout
+
+    @property  # type: ignore[override]
+    def _stderr(self) -> TextIO:
+        return sys.stderr
+
+
+CURRENT_CONSOLE = CurrentConsoleOutput()
+
+
 class CollectingOutput:
     """Keeps every output as ``(msg_type, content)``; useful for tests and programmatic use."""
 

@@ -34,7 +34,7 @@ from rexec.channel import (
     BrokerChannel,
 )
 from rexec.client.generators import RemoteGenerator
-from rexec.client.outputs import ConsoleOutput, OutputHandler
+from rexec.client.outputs import CURRENT_CONSOLE, ConsoleOutput, OutputHandler
 from rexec.client.replies import cell_reply, load_value, raise_for_reply, refusal_error, result_of
 from rexec.client.skew import check_skew, local_info, ships_source
 from rexec.client.spawner import SpawnerClient
@@ -332,10 +332,32 @@ class Session:
     def _next_message(
         self, pending: _Pending, deadline: float | None, output: OutputHandler
     ) -> tuple[dict[str, Any], list[zmq.Frame]]:
-        """Wait for the next item or reply of ``pending``, handing outputs to ``output``."""
+        """Wait for the next item or reply of ``pending``, handing outputs to ``output``.
+
+        When no other thread is reading the socket, this thread reads it itself, so a reply
+        does not wait for the I/O thread to wake up and hand it over.
+        """
+        events = pending.events
         while True:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            item = self._take(pending, wait)
+            if not events.empty():
+                item = events.get_nowait()
+            else:
+                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                channel = self._channel
+                taken = (
+                    NOT_READING
+                    if channel is None
+                    else channel.take(pending.id, events, wait, self._others_waiting)
+                )
+                if taken is NOT_READING:
+                    try:
+                        item = events.get(timeout=wait)
+                    except queue.Empty:
+                        item = None
+                elif taken is None:
+                    item = None if events.empty() else events.get_nowait()
+                else:
+                    item = taken  # type: ignore[assignment]
             if item is None:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise CallTimeout("the request did not finish before its deadline")
@@ -347,29 +369,6 @@ class Session:
                 output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
                 continue
             return header, payload
-
-    def _take(
-        self, pending: _Pending, wait: float
-    ) -> tuple[dict[str, Any], list[zmq.Frame]] | None:
-        """The next message for ``pending`` within ``wait`` seconds, or None.
-
-        When no other thread is reading the socket, this thread reads it itself, so a reply
-        does not wait for the I/O thread to wake up and hand it over.
-        """
-        events = pending.events
-        if not events.empty():
-            return events.get_nowait()
-        channel = self._channel
-        if channel is not None:
-            taken = channel.take(pending.id, events, wait, self._others_waiting)
-            if taken is not NOT_READING:
-                if taken is None:
-                    return None if events.empty() else events.get_nowait()
-                return taken  # type: ignore[return-value]
-        try:
-            return events.get(timeout=wait)
-        except queue.Empty:
-            return None
 
     def _others_waiting(self) -> bool:
         return len(self._pending) > 1
@@ -477,7 +476,7 @@ class Session:
         output: OutputHandler | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` on the worker and return its result."""
-        handler = output or ConsoleOutput()
+        handler = output or CURRENT_CONSOLE
         header, payload, pending_gen = self._call(fn, args, kwargs or {}, timeout, handler)
         if header["t"] == p.ITEM:
             return pending_gen
@@ -586,7 +585,7 @@ class Session:
         user_expressions: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run a cell in the worker's namespace; return the Jupyter execute_reply content."""
-        handler = output or ConsoleOutput()
+        handler = output or CURRENT_CONSOLE
 
         def frames_for(request_id: str) -> list[Any]:
             return p.make_request(
@@ -618,7 +617,7 @@ class Session:
         def frames_for(request_id: str) -> list[Any]:
             return p.make_request(request_id, op, [p.make_json_frame(request)])
 
-        header, payload = self._run(frames_for, timeout, ConsoleOutput())
+        header, payload = self._run(frames_for, timeout, CURRENT_CONSOLE)
         raise_for_reply(header, payload)
         return dict(p.parse_json_frame(payload[0]))
 
