@@ -22,18 +22,23 @@ class ConsoleOutput:
         self._stdout = stdout or sys.stdout
         self._stderr = stderr or sys.stderr
 
+    def streams(self) -> tuple[TextIO, TextIO]:
+        """Where text goes: ``(stdout, stderr)``."""
+        return self._stdout, self._stderr
+
     def handle(self, msg_type: str, content: dict[str, Any]) -> None:
+        stdout, stderr = self.streams()
         if msg_type == "stream":
-            target = self._stderr if content.get("name") == "stderr" else self._stdout
+            target = stderr if content.get("name") == "stderr" else stdout
             target.write(str(content.get("text", "")))
             target.flush()
         elif msg_type in ("display_data", "update_display_data", "execute_result"):
-            self._display(msg_type, content)
+            self._display(msg_type, content, stdout)
         elif msg_type == "error":
-            self._stderr.write("\n".join(str(line) for line in content.get("traceback", [])) + "\n")
-            self._stderr.flush()
+            stderr.write("\n".join(str(line) for line in content.get("traceback", [])) + "\n")
+            stderr.flush()
 
-    def _display(self, msg_type: str, content: dict[str, Any]) -> None:
+    def _display(self, msg_type: str, content: dict[str, Any], stdout: TextIO) -> None:
         data = content.get("data") or {}
         shell = _ipython_shell()
         if shell is not None and msg_type != "execute_result":
@@ -49,8 +54,8 @@ class ConsoleOutput:
             return
         text = data.get("text/plain")
         if text is not None:
-            self._stdout.write(str(text) + "\n")
-            self._stdout.flush()
+            stdout.write(str(text) + "\n")
+            stdout.flush()
 
 
 class CurrentConsoleOutput(ConsoleOutput):
@@ -59,15 +64,10 @@ class CurrentConsoleOutput(ConsoleOutput):
     One instance serves every synchronous call."""
 
     def __init__(self) -> None:
-        pass
+        super().__init__(sys.__stdout__, sys.__stderr__)
 
-    @property  # type: ignore[override]
-    def _stdout(self) -> TextIO:
-        return sys.stdout
-
-    @property  # type: ignore[override]
-    def _stderr(self) -> TextIO:
-        return sys.stderr
+    def streams(self) -> tuple[TextIO, TextIO]:
+        return sys.stdout, sys.stderr
 
 
 CURRENT_CONSOLE = CurrentConsoleOutput()
