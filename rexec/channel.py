@@ -188,7 +188,7 @@ class BrokerChannel:
         message joins the queue, in order, and the sender does not wait either.
         """
         lock = self._lock
-        if lock.acquire(blocking=False):
+        if lock.acquire(False):  # positional: no keyword parsing on the hot path
             try:
                 if hold and not self._ready:
                     self._held[key if key is not None else object()] = frames
@@ -382,7 +382,7 @@ class BrokerChannel:
         signalled = False  # the socket's fd woke the loop
         while not self._stopping:
             received = 0
-            reading = self._receiver.acquire(blocking=False)
+            reading = self._receiver.acquire(False)
             try:
                 with self._lock:
                     if reading:
@@ -433,7 +433,7 @@ class BrokerChannel:
     def _dispatch_inbox(self, wait: bool = False) -> bool:
         """Dispatch received messages in order. If another thread is dispatching them, return
         False, or with ``wait`` wait for it and then go on."""
-        if not self._dispatching.acquire(blocking=wait):
+        if not self._dispatching.acquire(wait):
             return False
         try:
             inbox = self._inbox
@@ -485,7 +485,7 @@ class BrokerChannel:
         seconds; a message about request ``claim`` is returned instead of dispatched. None when
         it stops otherwise; ``NOT_READING`` if another thread holds the socket for reading."""
         poller = self._caller_poller
-        if poller is None or not self._receiver.acquire(blocking=False):
+        if poller is None or not self._receiver.acquire(False):
             return NOT_READING
         self._caller_receiving = True
         waker_fd = self._caller_waker.fileno()

@@ -78,7 +78,7 @@ class FdCapture:
     def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Wait until what was already written to the descriptors has been routed."""
         busy = self._busy
-        if not (busy.get(1) or busy.get(2)) and self._check_lock.acquire(blocking=False):
+        if not (busy.get(1) or busy.get(2)) and self._check_lock.acquire(False):
             try:
                 if not self._check.poll(0):
                     return  # the usual case, checked with one system call

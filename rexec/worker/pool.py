@@ -29,7 +29,7 @@ class CallPool:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         self._tasks.put((fn, args))
-        if self._idle.acquire(blocking=False):
+        if self._idle.acquire(False):
             return  # an idle thread takes it
         with self._lock:
             if len(self._threads) < self._size:
