@@ -190,6 +190,15 @@ def loads(ser: str, main: Any, buffers: Sequence[Any] = ()) -> Any:
     raise ValueError(f"unknown serializer {ser!r}")
 
 
+def loads_frames(ser: str, frames: Sequence[Any], nbuf: int = 0) -> Any:
+    """Rebuild an object from received frames: the pickle stream, then ``nbuf`` out-of-band
+    buffers (``zmq.Frame`` objects)."""
+    if not nbuf and ser == SER_PICKLE:  # the usual case: one plain pickle
+        return pickle.loads(frames[0].buffer)
+    buffers = [frame.buffer for frame in frames[1 : 1 + nbuf]]
+    return loads(ser, frames[0].buffer, buffers)
+
+
 def dumps_function(fn: Any, by_source: bool = False) -> bytes:
     """The bytes a function travels as: dill by value, or its source (``by_source``)."""
     if by_source:

@@ -71,19 +71,10 @@ def rebuild_exception(payload: list[zmq.Frame]) -> BaseException:
 
 
 def load_value(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
-    nbuf = int(header.get("nb") or 0)
-    buffers = [frame.buffer for frame in payload[1 : 1 + nbuf]] if nbuf else ()
-    return ser.loads(header.get("ser", ser.SER_PICKLE), payload[0].buffer, buffers)
+    return ser.loads_frames(header.get("ser", ser.SER_PICKLE), payload, int(header.get("nb") or 0))
 
 
 def result_of(header: dict[str, Any], payload: list[zmq.Frame]) -> Any:
-    if (
-        header.get("status") == p.STATUS_OK
-        and header.get("ser") == ser.SER_PICKLE
-        and "nb" not in header
-        and header["t"] == p.REPLY
-    ):
-        return pickle.loads(payload[0].buffer)  # the usual result: one plain pickle
     raise_for_reply(header, payload)
     return load_value(header, payload)
 

@@ -229,13 +229,10 @@ def call_function(
 ) -> None:
     """Run ``fn`` with the arguments in ``payload[index:]`` and send its reply."""
     try:
-        nbuf = header.get("nb")
-        kind = header.get("ser", ser.SER_PICKLE)
-        if not nbuf and kind == ser.SER_PICKLE:  # the usual call: one plain pickle
-            args, kwargs = pickle.loads(payload[index].buffer)
-        else:
-            buffers = [frame.buffer for frame in payload[index + 1 : index + 1 + int(nbuf or 0)]]
-            args, kwargs = ser.loads(kind, payload[index].buffer, buffers)
+        arguments = payload[index:] if index else payload
+        args, kwargs = ser.loads_frames(
+            header.get("ser", ser.SER_PICKLE), arguments, int(header.get("nb") or 0)
+        )
     except Exception as exc:
         ctx.finish(_not_loadable(ctx.request_id, exc))
         return
