@@ -202,12 +202,10 @@ class Worker:
     def _start_request(
         self, key: tuple[bytes, str], header: dict[str, Any], payload: list[zmq.Frame]
     ) -> None:
-        tag, request_id = key
-        if key in self._requests:
-            return  # a request id already in progress
         op = header.get("op")
-        ctx = RequestContext(tag, request_id, str(op), self.channel.send, self.channel.send_later)
-        self._requests[key] = ctx
+        ctx = self._register(key, str(op))
+        if ctx is None:
+            return
         if op == p.OP_CALL:
             self._pool.submit(
                 self._guarded, ctx, run_call, header, payload, self._functions, self.max_bytes
@@ -222,7 +220,8 @@ class Worker:
         elif op == p.OP_ENVIRONMENT:
             self._pool.submit(self._guarded, ctx, envs.handle_request, payload, self._restart_into)
         else:
-            self._finish(ctx, p.make_error_reply(request_id, p.E_BAD_MESSAGE, f"unknown op {op!r}"))
+            error = p.make_error_reply(ctx.request_id, p.E_BAD_MESSAGE, f"unknown op {op!r}")
+            self._finish(ctx, error)
 
     def _call_in_place(
         self, fn: Any, tag: bytes, header: dict[str, Any], payload: list[zmq.Frame]
@@ -230,22 +229,25 @@ class Worker:
         """Run a call of a function whose calls return quickly right here, on the I/O thread:
         no hand-over to a call thread. The standby thread takes over reading meanwhile if it
         runs long after all."""
-        request_id = header["id"]
-        key = (tag, request_id)
-        requests = self._requests
-        if key in requests:
-            return  # a request id already in progress
+        ctx = self._register((tag, header["id"]), p.OP_CALL)
+        if ctx is None:
+            return
         channel = self.channel
-        ctx = RequestContext(tag, request_id, p.OP_CALL, channel.send, channel.send_later)
-        requests[key] = ctx
         channel.begin_blocking()
         try:
-            call_function(ctx, fn, header, payload, 0, self._functions, self.max_bytes)
-        except BaseException as exc:
-            self._failed(ctx, exc)
+            self._guarded(
+                ctx, call_function, fn, header, payload, 0, self._functions, self.max_bytes
+            )
         finally:
             channel.end_blocking()
-            requests.pop(key, None)
+
+    def _register(self, key: tuple[bytes, str], op: str) -> RequestContext | None:
+        """Track a new request; None if a request with this id is already in progress."""
+        if key in self._requests:
+            return None
+        ctx = RequestContext(key[0], key[1], op, self.channel.send, self.channel.send_later)
+        self._requests[key] = ctx
+        return ctx
 
     # -- running requests ------------------------------------------------------------------
 
