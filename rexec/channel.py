@@ -129,6 +129,12 @@ class BrokerChannel:
         # Who reads the socket: the I/O thread, or a thread waiting for its own reply.
         self._receiver = threading.Lock()
         self._caller_receiving = False
+        # Whether the I/O thread must wake for arriving messages. False after a caller read its
+        # own reply and nothing else waits: the I/O thread then sleeps on everything but the
+        # socket (it still reads within SAFETY_POLL_MS), instead of waking for every reply a
+        # caller reads itself and contending with it for the GIL and the socket.
+        self._watch_socket = True
+        self._io_quiet = False  # the I/O thread sleeps without watching the socket
         self._caller_waker = Waker()
         # Polled only by the thread holding ``_receiver``: the socket's fd and the caller waker.
         self._caller_poller: select.poll | None = None
@@ -219,6 +225,16 @@ class BrokerChannel:
             self._wake_requested = True
             self._waker.wake()
 
+    def expect_messages(self) -> None:
+        """Have the I/O thread watch the socket: messages will arrive that no caller reads
+        (replies delivered to callbacks, a greeting's answer)."""
+        self._watch_socket = True
+        # Set before reading ``_io_quiet``; the I/O thread sets that before reading this flag,
+        # so either it sees the flag or this sees it sleeping and wakes it. While a caller
+        # reads, that caller dispatches, and wakes the I/O thread when it stops.
+        if self._io_quiet and not self._caller_receiving:
+            self._wake_io()
+
     def is_held(self, key: object) -> bool:
         with self._lock:
             return key in self._held
@@ -234,6 +250,7 @@ class BrokerChannel:
 
     def regreet(self) -> None:
         """Forget the session and greet the broker again (e.g. after a refusal)."""
+        self._watch_socket = True
         with self._lock:
             self._ready = False
             self._send_or_queue(self._connection_message(self._greeting()))
@@ -410,7 +427,13 @@ class BrokerChannel:
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
             signalled = False
-            for fd, _ in (quiet if self._caller_receiving else poller).poll(timeout_ms):
+            sleep_quiet = self._caller_receiving or not self._watch_socket
+            if sleep_quiet:
+                self._io_quiet = True
+                # Checked again after announcing it: see ``expect_messages``.
+                sleep_quiet = self._caller_receiving or not self._watch_socket
+                self._io_quiet = sleep_quiet
+            for fd, _ in (quiet if sleep_quiet else poller).poll(timeout_ms):
                 if fd == sock_fd:
                     signalled = True
                 elif fd == waker_fd:
@@ -418,6 +441,7 @@ class BrokerChannel:
                     waker.drain()
                 elif fd == monitor_fd:
                     self._handle_monitor(read_monitor_events(monitor))
+            self._io_quiet = False
 
     def _dispatch_corked(self, sock: zmq.Socket) -> None:
         """Dispatch a burst, holding back what the handlers send until all ran."""
@@ -486,6 +510,7 @@ class BrokerChannel:
         it stops otherwise; ``NOT_READING`` if another thread holds the socket for reading."""
         poller = self._caller_poller
         if poller is None or not self._receiver.acquire(False):
+            self.expect_messages()  # the caller waits for a dispatch: someone must read
             return NOT_READING
         self._caller_receiving = True
         waker_fd = self._caller_waker.fileno()
@@ -539,8 +564,12 @@ class BrokerChannel:
             return None
         finally:
             self._caller_receiving = False
+            # Cleared before asking: a request registered meanwhile either sees the flag
+            # cleared and sets it again (``expect_messages``) or is among ``others_waiting``.
+            self._watch_socket = False
             self._receiver.release()
             if others_waiting():
+                self._watch_socket = True
                 self._waker.wake()  # the I/O thread reads the socket again
 
     def _standby(self) -> None:

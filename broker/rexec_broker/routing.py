@@ -163,23 +163,12 @@ class RoutingTable:
         """The worker of a request this client has in flight (for next/cancel), else None."""
         return self.inflight.get((client_rid, request_id))
 
-    def route_response(
-        self, worker_rid: bytes, tag: bytes, request_id: str, terminal: bool
-    ) -> bytes | None:
-        """The client a worker message may go to, or None if the worker has no such request."""
-        key = (tag, request_id)
-        inflight = self.inflight
-        if inflight.get(key) != worker_rid:
-            return None
-        if terminal:  # finish_request, inlined: this runs once per request
-            del inflight[key]
-            client = self.clients.get(tag)
-            if client is not None:
-                client.inflight.discard(request_id)
-            worker = self.workers.get(worker_rid)
-            if worker is not None:
-                worker.inflight.discard(key)
-        return tag
+    def route_response(self, worker_rid: bytes, tag: bytes, request_id: str) -> bytes | None:
+        """The client a worker message may go to, or None if the worker has no such request.
+
+        A terminal reply also needs ``finish_request``; the broker calls it after forwarding.
+        """
+        return tag if self.inflight.get((tag, request_id)) == worker_rid else None
 
     def finish_request(self, key: RequestKey) -> None:
         worker_rid = self.inflight.pop(key, None)

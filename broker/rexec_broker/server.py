@@ -361,17 +361,19 @@ class Broker:
             if isinstance(target, Refusal):
                 self._fail_request(rid, request_id, target.code, target.message)
                 return
-            client = self.table.clients[rid]
-            if (
-                time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
-                and not client.revalidating
-            ):
-                self._revalidate(client)
-            self.activity.seen[target.key] = time.time()
             # The client's routing id frame goes on as the route tag. If the worker's
             # connection is gone, dropping it has already failed this request.
             worker_rid = target.rid
             self._send(False, worker_rid, [worker_rid, *frames])
+            # Bookkeeping after the send: the request does not wait for it.
+            self.activity.seen[target.key] = time.time()
+            client = self.table.clients.get(rid)
+            if (
+                client is not None
+                and time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
+                and not client.revalidating
+            ):
+                self._revalidate(client)
         elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
             self._client_followup(rid, header, frames)
         elif msg_type == p.PING:
@@ -546,24 +548,22 @@ class Broker:
             self._to_worker(rid, p.NO_TAG, p.make_pong())
             return
         request_id = header.get("id")
-        terminal = msg_type == _REPLY
-        client_rid = None
-        if isinstance(request_id, str):
-            client_rid = self.table.route_response(rid, tag, request_id, terminal)
-        if client_rid is None or not isinstance(request_id, str):
+        if not isinstance(request_id, str) or not self.table.route_response(rid, tag, request_id):
             self.stats["dropped_unrouted"] += 1
             return
-        if terminal:
-            self.activity.seen[worker.key] = time.time()
+        terminal = msg_type == _REPLY
         # Each frame is capped by the router's ZMQ_MAXMSGSIZE; the total is checked here.
         size = sum(map(len, frames)) - len(rid)
         if size > self.settings.max_message_bytes:
+            self.table.finish_request((tag, request_id))
             if not terminal:
-                self.table.finish_request((client_rid, request_id))
-                self._to_worker(rid, client_rid, p.make_cancel(request_id))
-            self._fail_request(client_rid, request_id, p.E_TOO_LARGE, self._too_large(size))
+                self._to_worker(rid, tag, p.make_cancel(request_id))
+            self._fail_request(tag, request_id, p.E_TOO_LARGE, self._too_large(size))
             return
-        self._send(True, client_rid, frames[1:])  # the route tag is the client's routing id
+        self._send(True, tag, frames[1:])  # the route tag is the client's routing id
+        if terminal:  # bookkeeping after the send: the reply does not wait for it
+            self.table.finish_request((tag, request_id))
+            self.activity.seen[worker.key] = time.time()
 
     def _worker_register(self, rid: bytes, header: dict[str, Any]) -> None:
         try:

@@ -287,13 +287,19 @@ class Session:
         pending = _Pending(request_id, callback)
         with self._lock:
             self._pending[request_id] = pending
-            if self._in_flight >= self.max_in_flight or self._waiting:
-                # The broker refuses more than this per connection: wait here for room.
+            # The broker refuses more than ``max_in_flight`` per connection: beyond it, a
+            # request waits here for room.
+            queued = self._in_flight >= self.max_in_flight or bool(self._waiting)
+            if queued:
                 self._waiting.append((pending, frames))
-                return pending, frames
-            pending.sent = True
-            self._in_flight += 1
-        self._channel.send(frames, hold=True, key=request_id)
+            else:
+                pending.sent = True
+                self._in_flight += 1
+        if callback is not None:
+            # No caller thread reads this reply; registered first, so see ``expect_messages``.
+            self._channel.expect_messages()
+        if not queued:
+            self._channel.send(frames, hold=True, key=request_id)
         return pending, frames
 
     def _resend(self, pending: _Pending, frames: list[Any]) -> None:

@@ -171,6 +171,31 @@ def test_submit_returns_futures(session):
     assert [f.result(timeout=30) for f in futures] == [1, 2, 3, 4, 5]
 
 
+def test_futures_complete_while_the_io_thread_sleeps_after_a_caller_read(session, monkeypatch):
+    """After a synchronous call its caller read the reply itself, so the I/O thread sleeps
+    without watching the socket. A submitted call's reply has no caller to read it: the I/O
+    thread must be woken for it, not find it at its next idle check (made 60 s here)."""
+    monkeypatch.setattr("rexec.channel.SAFETY_POLL_MS", 60_000)
+    for round_ in range(5):
+        assert session.call(lambda x: x * 2, (round_,)) == round_ * 2
+        time.sleep(0.05)  # the I/O thread goes back to sleep meanwhile
+        assert session.submit(lambda x: x + 1, round_).result(timeout=5) == round_ + 1
+    # Synchronous calls from several threads: one reads, the others wait for its dispatch.
+    results: list[int] = []
+
+    def caller(base: int) -> None:
+        for i in range(10):
+            results.append(session.call(lambda x: x, (base + i,), timeout=5))
+
+    threads = [threading.Thread(target=caller, args=(100 * n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == sorted(100 * n + i for n in range(4) for i in range(10))
+    assert session.submit(lambda: "last").result(timeout=5) == "last"
+
+
 def test_many_calls_finishing_at_once_on_worker_threads_all_succeed(session):
     """Replies leave from many call threads at the same moment; none may trip over another
     (each checks for captured output before its reply)."""

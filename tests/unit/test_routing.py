@@ -19,10 +19,12 @@ def test_request_goes_to_the_users_own_worker_and_reply_to_the_asker():
     assert table.start_request(b"\0cA", "r1").rid == b"\0wA"
     assert table.start_request(b"\0cB", "r1").rid == b"\0wB"
     # Bob's worker cannot answer alice's request, even knowing both ids.
-    assert table.route_response(b"\0wB", b"\0cA", "r1", terminal=True) is None
-    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=False) == b"\0cA"
-    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=True) == b"\0cA"
-    assert table.route_response(b"\0wA", b"\0cA", "r1", terminal=True) is None
+    assert table.route_response(b"\0wB", b"\0cA", "r1") is None
+    assert table.route_response(b"\0wA", b"\0cA", "r1") == b"\0cA"
+    table.finish_request((b"\0cA", "r1"))  # after its terminal reply
+    assert table.route_response(b"\0wA", b"\0cA", "r1") is None
+    assert table.clients[b"\0cA"].inflight == set() and table.inflight == {(b"\0cB", "r1"): b"\0wB"}
+    assert table.workers[b"\0wA"].inflight == set()
 
 
 def test_unauthenticated_duplicate_and_workerless_requests_are_refused():
