@@ -518,49 +518,53 @@ class BrokerChannel:
             if self._inbox:  # what an I/O thread received before is dispatched first, in order
                 self._dispatch_inbox(wait=True)
             end = time.monotonic() + timeout
-            check = True  # False right after the fd signalled: a message is almost surely there
+            # Whether a message may be queued. Not after an operation on the socket (often the
+            # send of this very request) found nothing left to read (``_drained``): the fd then
+            # signals the next arrival, so this thread first waits for it.
+            maybe = not self._drained
+            signalled = False  # the fd just signalled: a message is almost surely there
             while waiting():
-                frames = None
-                with self._lock:
-                    sock = self._sock
-                    if sock is None:
-                        return None
-                    if self._outbox:
-                        self._flush_locked(sock)
-                    # ``_drained``: the last operation on the socket (often the send of this
-                    # very request) found nothing to read, so the fd signals the next arrival.
-                    if not check or (not self._drained and readable(sock)):
-                        try:
-                            frames = receive_message(sock)
-                        except zmq.Again:
-                            pass
-                        self._drained = False
-                    else:
-                        self._drained = True
-                check = True
-                if frames is not None:
-                    self._last_received = time.monotonic()
-                    header = self._parse(frames)
-                    if (
-                        claim is not None
-                        and header is not None
-                        and header.get("id") == claim
-                        and header["t"] not in self._control
-                    ):
-                        return header, frames[1 + self._tagged :]
-                    self._inbox.append(frames)
-                    self._dispatch_inbox(wait=True)
-                    continue
+                if maybe:
+                    frames = None
+                    with self._lock:
+                        sock = self._sock
+                        if sock is None:
+                            return None
+                        if self._outbox:
+                            self._flush_locked(sock)
+                        if signalled or readable(sock):
+                            try:
+                                frames = receive_message(sock)
+                            except zmq.Again:
+                                pass
+                            self._drained = False
+                        else:
+                            self._drained = True
+                    signalled = False
+                    if frames is not None:
+                        self._last_received = time.monotonic()
+                        header = self._parse(frames)
+                        if (
+                            header is not None
+                            and header.get("id") == claim
+                            and claim is not None
+                            and header["t"] not in self._control
+                        ):
+                            return header, frames[1 + self._tagged :]
+                        self._inbox.append(frames)
+                        self._dispatch_inbox(wait=True)
+                        continue
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return None
                 # Short slices: a notification edge consumed by another thread's send is
                 # noticed through the caller waker, or at worst at the next slice.
+                maybe = True
                 for fd, _ in poller.poll(int(min(remaining, CALLER_SLICE) * 1000) + 1):
                     if fd == waker_fd:
                         self._caller_waker.drain()
                     else:
-                        check = False
+                        signalled = True
             return None
         finally:
             self._caller_receiving = False

@@ -51,6 +51,7 @@ NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE = int(zmq.SNDMORE)
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)
+_MORE = NOBLOCK | SNDMORE
 
 # pyzmq's compiled socket methods. ``Socket.send_multipart``/``recv_multipart`` are Python loops
 # that add several microseconds per message (enum flags, keyword handling, RCVMORE lookups);
@@ -71,10 +72,9 @@ def send_message(sock: zmq.Socket, frames: Sequence[Any]) -> None:
     Frames are sent without copying (small ones are copied by pyzmq, which is cheaper). ZeroMQ
     accepts all parts once the first one is queued, so a full queue never splits a message.
     """
-    last = len(frames) - 1
-    more = NOBLOCK | SNDMORE
-    for index, frame in enumerate(frames):
-        _send(sock, frame, NOBLOCK if index == last else more, False)
+    for frame in frames[:-1]:
+        _send(sock, frame, _MORE, False)
+    _send(sock, frames[-1], NOBLOCK, False)
 
 
 def receive_message(sock: zmq.Socket) -> list[zmq.Frame]:

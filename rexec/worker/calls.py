@@ -73,23 +73,27 @@ class FunctionCache:
         # Consecutive quick calls per function; negative for generators (never in place). A hint
         # only, updated without the lock: a lost update just delays or repeats a decision.
         self._quick: dict[str, int] = {}
+        # The functions that run in place, read without the lock on every such call. One that
+        # was evicted meanwhile is still the function its key names, so calling it is right.
+        self._in_place: dict[str, Any] = {}
 
     def quick(self, key: Any) -> Any:
         """The cached function ``key`` if its recent calls all returned quickly, else None."""
-        if type(key) is not str or self._quick.get(key, 0) < INLINE_AFTER_FAST_CALLS:
-            return None
-        return self.get(key)
+        return self._in_place.get(key) if type(key) is str else None
 
     def record(self, key: str, seconds: float, generator: bool = False) -> None:
         quick = self._quick
-        if generator:
-            quick[key] = -1
-        elif seconds >= INLINE_MAX_SECONDS:
-            quick[key] = 0
-        else:
-            count = quick.get(key, 0)
-            if 0 <= count < INLINE_AFTER_FAST_CALLS:
-                quick[key] = count + 1
+        if generator or seconds >= INLINE_MAX_SECONDS:
+            quick[key] = -1 if generator else 0
+            self._in_place.pop(key, None)
+            return
+        count = quick.get(key, 0)
+        if 0 <= count < INLINE_AFTER_FAST_CALLS:
+            quick[key] = count + 1
+            if count + 1 == INLINE_AFTER_FAST_CALLS:
+                fn = self.get(key)
+                if fn is not None:
+                    self._in_place[key] = fn
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -98,6 +102,12 @@ class FunctionCache:
                 self._functions.move_to_end(key)
             return fn
 
+    def touch(self, key: str) -> None:
+        """Mark ``key`` used (``quick`` does not, to stay lock-free)."""
+        with self._lock:
+            if key in self._functions:
+                self._functions.move_to_end(key)
+
     def put(self, key: str, fn: Any) -> None:
         with self._lock:
             self._functions[key] = fn
@@ -105,6 +115,7 @@ class FunctionCache:
             while len(self._functions) > self._size:
                 evicted, _ = self._functions.popitem(last=False)
                 self._quick.pop(evicted, None)
+                self._in_place.pop(evicted, None)
 
 
 def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
@@ -236,7 +247,6 @@ def call_function(
     except Exception as exc:
         ctx.finish(_not_loadable(ctx.request_id, exc))
         return
-    key = header["fn"]
     start = time.monotonic()
     try:
         previous = ctx.enter()
@@ -245,15 +255,17 @@ def call_function(
         finally:
             ctx.leave(previous)
     except BaseException as exc:
-        functions.record(key, time.monotonic() - start)
+        elapsed = time.monotonic() - start
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
+        functions.record(header["fn"], elapsed)
         return
     if type(result) is types.GeneratorType:
-        functions.record(key, 0.0, generator=True)
+        functions.record(header["fn"], 0.0, generator=True)
         run_generator(ctx, result, max_bytes)
     else:
-        functions.record(key, time.monotonic() - start)
+        elapsed = time.monotonic() - start
         ctx.finish(packed_reply(ctx.request_id, result, max_bytes))
+        functions.record(header["fn"], elapsed)  # after the reply left: it does not wait
 
 
 def run_generator(ctx: RequestContext, gen: Any, max_bytes: int) -> None:

@@ -148,9 +148,7 @@ class RequestContext:
 
     def send(self, frames: Sequence[Any]) -> None:
         """Send a message about this request after all output written so far."""
-        with self._lock:
-            pending = bool(self._pending)
-        if pending:
+        if self._pending:  # one read: text written after it may follow the message anyway
             self._send_later(self._take_messages)
         self._send([self.tag, *frames])
 

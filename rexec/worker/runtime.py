@@ -104,6 +104,9 @@ class Worker:
             standby_after=STANDBY_AFTER,
             name="rexec-worker-io",
         )
+        # Bound once: every request's context sends through them.
+        self._channel_send = self.channel.send
+        self._channel_send_later = self.channel.send_later
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -240,12 +243,13 @@ class Worker:
             )
         finally:
             channel.end_blocking()
+        self._functions.touch(header["fn"])  # after the reply: least recently used order
 
     def _register(self, key: tuple[bytes, str], op: str) -> RequestContext | None:
         """Track a new request; None if a request with this id is already in progress."""
         if key in self._requests:
             return None
-        ctx = RequestContext(key[0], key[1], op, self.channel.send, self.channel.send_later)
+        ctx = RequestContext(key[0], key[1], op, self._channel_send, self._channel_send_later)
         self._requests[key] = ctx
         return ctx
 
@@ -276,7 +280,7 @@ class Worker:
         self._forget(ctx)
 
     def _forget(self, ctx: RequestContext) -> None:
-        self._requests.pop(ctx.key, None)
+        self._requests.pop((ctx.tag, ctx.request_id), None)
 
     def _introspect(self, ctx: RequestContext, header: dict[str, Any], payload: list[Any]) -> None:
         assert self._shell is not None
