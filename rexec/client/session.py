@@ -273,9 +273,11 @@ class Session:
     def _start(
         self, frames_for: Callable[[str], list[Any]], callback: Delivery | None = None
     ) -> tuple[_Pending, list[Any]]:
-        if self._channel is None:
+        channel = self._channel
+        if channel is None:
             self.connect()
-            assert self._channel is not None
+            channel = self._channel
+            assert channel is not None
         request_id = f"{self._prefix}-{next(self._ids)}"
         frames = frames_for(request_id)
         size = p.message_size(frames)
@@ -297,9 +299,9 @@ class Session:
                 self._in_flight += 1
         if callback is not None:
             # No caller thread reads this reply; registered first, so see ``expect_messages``.
-            self._channel.expect_messages()
+            channel.expect_messages()
         if not queued:
-            self._channel.send(frames, hold=True, key=request_id)
+            channel.send(frames, hold=True, key=request_id)
         return pending, frames
 
     def _resend(self, pending: _Pending, frames: list[Any]) -> None:
@@ -494,8 +496,9 @@ class Session:
         """The function's key and a builder of request frames (with or without the function)."""
         key, fn_bytes = self._shipper.pack(fn)
         packed = _NO_ARGUMENTS if not args and not kwargs else ser.dumps((args, kwargs))
-        with self._lock:
-            inline = key not in self._worker_has
+        # Read without the lock: if the worker lost the function meanwhile, it says so and the
+        # call is sent again with the function (``retry`` in ``_call``).
+        inline = key not in self._worker_has
 
         def frames_for(request_id: str, with_fn: bool = inline) -> list[Any]:
             body = [fn_bytes, *packed.frames] if with_fn else packed.frames
@@ -521,8 +524,8 @@ class Session:
             return frames_for(header["id"], with_fn=True)
 
         header, payload = self._run(frames_for, timeout, output, retry)
-        if (header["t"] == p.ITEM or header.get("status") == p.STATUS_OK) and (
-            key not in self._worker_has
+        if key not in self._worker_has and (
+            header["t"] == p.ITEM or header.get("status") == p.STATUS_OK
         ):
             with self._lock:
                 self._worker_has.add(key)
