@@ -10,7 +10,10 @@ session and the worker use this class.
 Inbound messages are dispatched in arrival order, one at a time, by whichever thread reads the
 socket: normally the I/O thread; a client thread waiting for its own reply reads the socket
 itself (``take``): messages about its request come straight back to it, others are dispatched as
-usual (no hand-over between threads in a request's path). A handler may run short work in place
+usual (no hand-over between threads in a request's path). After such a caller finished and no
+other request waits, the I/O thread stops watching the socket rather than wake for every reply a
+caller reads itself; whatever needs it later wakes it (``expect_messages``), and it looks at the
+socket every ``SAFETY_POLL_MS`` regardless. A handler may run short work in place
 inside ``blocking_section()``; if that work turns out to take long, a standby thread takes over
 reading and dispatching until it ends, so nothing waits behind it for more than
 ``standby_after`` seconds.
