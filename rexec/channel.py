@@ -440,8 +440,10 @@ class BrokerChannel:
                 if fd == sock_fd:
                     signalled = True
                 elif fd == waker_fd:
-                    self._wake_requested = False
+                    # Drained first: a wake-up requested between the two is then either still
+                    # pending or seen by this thread's next turn, never lost with the flag set.
                     waker.drain()
+                    self._wake_requested = False
                 elif fd == monitor_fd:
                     self._handle_monitor(read_monitor_events(monitor))
             self._io_quiet = False
