@@ -429,7 +429,6 @@ class BrokerChannel:
             self._keepalive()
             # Bounded even when idle: a safety net for a notification edge that was missed.
             timeout_ms = SAFETY_POLL_MS if flushed else FULL_SOCKET_POLL_MS
-            signalled = False
             sleep_quiet = self._caller_receiving or not self._watch_socket
             if sleep_quiet:
                 self._io_quiet = True

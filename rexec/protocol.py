@@ -153,12 +153,9 @@ def parse_header(
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = _orjson_loads(frame)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        try:
-            header = _loads(frame)  # what orjson refuses, ``json`` may still accept
-        except (ValueError, RecursionError) as exc:
-            raise ProtocolError("header is not UTF-8 JSON") from exc
+        header = _loads(frame)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError("header is not UTF-8 JSON") from exc
     if type(header) is not dict:
         raise ProtocolError("header is not a JSON object")
     version = header.get("v")

@@ -280,7 +280,7 @@ class Worker:
         self._forget(ctx)
 
     def _forget(self, ctx: RequestContext) -> None:
-        self._requests.pop((ctx.tag, ctx.request_id), None)
+        self._requests.pop(ctx.key, None)
 
     def _introspect(self, ctx: RequestContext, header: dict[str, Any], payload: list[Any]) -> None:
         assert self._shell is not None
