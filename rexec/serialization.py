@@ -330,22 +330,28 @@ def _global_names(code: types.CodeType) -> tuple[str, ...]:
 
 
 def _value_fingerprint(value: Any, seen: set[int]) -> tuple[Any, ...] | None:
-    """Identity-based fingerprint of ``value``, or None when it may change in place."""
+    """Identity-based fingerprint of ``value``, or None when it may change in place.
+
+    Each id is followed by its object: the fingerprint keeps the object alive, so its id cannot
+    be reused by another object while the fingerprint is cached. Comparing two fingerprints
+    then compares ids first and reaches an object only when its id is equal, that is, when it
+    is the same object.
+    """
     if value is _MISSING:
         return ("missing",)
     if isinstance(value, _BY_IDENTITY):
-        return (id(value),)
+        return (id(value), value)
     wrapped = getattr(value, "__rexec_function__", None)
     if isinstance(wrapped, types.FunctionType):
         value = wrapped  # a remote_func wrapper ships as the function it wraps
     if isinstance(value, types.FunctionType):
         if id(value) in seen:
-            return (id(value),)
+            return (id(value),)  # the shipped function itself, or one kept alive already
         seen.add(id(value))
         inner = _function_fingerprint(value, seen)
-        return None if inner is None else (id(value), inner)
+        return None if inner is None else (id(value), value, inner)
     if isinstance(value, _SEQUENCES):
-        parts: list[Any] = [id(value)]
+        parts: list[Any] = [id(value), value]
         for element in value:
             part = _value_fingerprint(element, seen)
             if part is None:
@@ -356,15 +362,21 @@ def _value_fingerprint(value: Any, seen: set[int]) -> tuple[Any, ...] | None:
 
 
 def _function_fingerprint(fn: types.FunctionType, seen: set[int]) -> tuple[Any, ...] | None:
-    parts: list[Any] = [id(fn.__code__)]
-    for value in (fn.__defaults__, fn.__kwdefaults__ and tuple(fn.__kwdefaults__.items())):
-        if value is None:
-            parts.append(None)
-            continue
-        part = _value_fingerprint(value, seen)
+    code = fn.__code__
+    parts: list[Any] = [id(code), code]
+    defaults = fn.__defaults__
+    if defaults is not None:
+        part = _value_fingerprint(defaults, seen)
         if part is None:
             return None
         parts.append(part)
+    kwdefaults = fn.__kwdefaults__
+    parts.append(len(kwdefaults) if kwdefaults else 0)
+    for name, value in (kwdefaults or {}).items():  # a dict: its values, not its identity
+        part = _value_fingerprint(value, seen)
+        if part is None:
+            return None
+        parts.append((name, part))
     for cell in fn.__closure__ or ():
         try:
             contents = cell.cell_contents
@@ -375,7 +387,7 @@ def _function_fingerprint(fn: types.FunctionType, seen: set[int]) -> tuple[Any, 
             return None
         parts.append(part)
     namespace = fn.__globals__
-    for name in _global_names(fn.__code__):
+    for name in _global_names(code):
         part = _value_fingerprint(namespace.get(name, _MISSING), seen)
         if part is None:
             return None

@@ -63,6 +63,31 @@ def test_function_shipper_reuses_bytes_until_a_dependency_changes():
     assert ser.loads_function(shipper.pack(f)[1])(1) == 3
 
 
+def test_a_global_rebound_while_its_old_value_was_freed_is_still_noticed():
+    # Large ints are freed when rebound, and a new one often takes the freed address: a cache
+    # keyed by ids alone would then ship the function with a value it no longer has.
+    namespace = {"X": 10**20}
+    exec("def f():\n    return X", namespace)
+    f = namespace["f"]
+    shipper = ser.FunctionShipper()
+    stale = 0
+    for step in range(1, 200):
+        namespace["X"] = 10**20 + step
+        if step % 2 == 0:  # packed every other rebinding, so a freed address can come back
+            stale += ser.loads_function(shipper.pack(f)[1])() != namespace["X"]
+    assert stale == 0
+
+
+def test_keyword_only_defaults_do_not_defeat_the_cache():
+    namespace: dict[str, object] = {}
+    exec("def f(*, scale=2):\n    return scale", namespace)
+    f = namespace["f"]
+    shipper = ser.FunctionShipper()
+    assert shipper.pack(f)[1] is shipper.pack(f)[1]
+    f.__kwdefaults__ = {"scale": 3}  # type: ignore[attr-defined]
+    assert ser.loads_function(shipper.pack(f)[1])() == 3
+
+
 def test_functions_depending_on_mutable_globals_are_never_cached():
     namespace = {"items": [1]}
     exec("def f():\n    return list(items)", namespace)
