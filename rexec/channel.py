@@ -166,6 +166,11 @@ class BrokerChannel:
     def in_io_thread(self) -> bool:
         return threading.get_ident() == self._io_ident
 
+    @property
+    def io_ident(self) -> int | None:
+        """The I/O thread's ``threading.get_ident()``, once ``start`` returned."""
+        return self._io_ident
+
     @contextmanager
     def blocking_section(self) -> Iterator[None]:
         """Run a handler's work in place: other messages wait for it, the standby watches it."""

@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from threading import get_ident
 from typing import Any, TextIO
 
 from rexec import protocol as p
@@ -157,7 +158,9 @@ class RequestContext:
         for hook in _before_finish:
             hook()
         self.finished = True
-        self.send(frames)
+        if self._pending:  # as in ``send``, which this is, inline: every request ends here
+            self._send_later(self._take_messages)
+        self._send([self.tag, *frames])
 
     # -- running user code -----------------------------------------------------------------
 
@@ -178,7 +181,7 @@ class RequestContext:
         _active.append(self)
         _last[0] = self
         with self._lock:
-            self._thread_id = threading.get_ident()
+            self._thread_id = get_ident()
             self._interrupt = interrupt
             self._in_user_code = True
             cancelled = self.cancelled
