@@ -197,7 +197,8 @@ class Worker:
         if msg_type == _REQUEST:
             if header.get("op") == _OP_CALL and not header.get("fn_inline"):
                 key = header.get("fn")
-                fn = self._in_place.get(key) if type(key) is str else None
+                fn = self._in_place.get(key) if type(key) is str else None  # ``quick``, inline
+                # Only the I/O thread runs calls in place, never the standby thread.
                 if fn is not None and get_ident() == self._io_ident:
                     self._call_in_place(fn, tag or b"", header, payload)
                     return
