@@ -163,10 +163,8 @@ class BrokerChannel:
             name = f"{self._thread.name}-standby"
             threading.Thread(target=self._standby, name=name, daemon=True).start()
 
-    @property
-    def io_ident(self) -> int | None:
-        """The I/O thread's ``threading.get_ident()``, once ``start`` returned."""
-        return self._io_ident
+    def in_io_thread(self) -> bool:
+        return threading.get_ident() == self._io_ident
 
     @contextmanager
     def blocking_section(self) -> Iterator[None]:

@@ -25,12 +25,6 @@ FUNCTION_CACHE_SIZE = 256
 INLINE_MAX_SECONDS = 0.002
 INLINE_AFTER_FAST_CALLS = 2
 
-_PICKLE = ser.SER_PICKLE
-_ATOMS = ser.ATOMS
-_GENERATOR = types.GeneratorType
-_pickle_loads, _pickle_dumps = pickle.loads, pickle.dumps
-monotonic = time.monotonic
-
 
 class NamespaceGlobals(dict[str, Any]):
     """The globals of a function shipped from a notebook: the values it was shipped with, and
@@ -81,17 +75,17 @@ class FunctionCache:
         self._quick: dict[str, int] = {}
         # The functions that run in place, read without the lock on every such call. One that
         # was evicted meanwhile is still the function its key names, so calling it is right.
-        self.in_place: dict[str, Any] = {}
+        self._in_place: dict[str, Any] = {}
 
     def quick(self, key: Any) -> Any:
         """The cached function ``key`` if its recent calls all returned quickly, else None."""
-        return self.in_place.get(key) if type(key) is str else None
+        return self._in_place.get(key) if type(key) is str else None
 
     def record(self, key: str, seconds: float, generator: bool = False) -> None:
         quick = self._quick
         if generator or seconds >= INLINE_MAX_SECONDS:
             quick[key] = -1 if generator else 0
-            self.in_place.pop(key, None)
+            self._in_place.pop(key, None)
             return
         count = quick.get(key, 0)
         if 0 <= count < INLINE_AFTER_FAST_CALLS:
@@ -99,7 +93,7 @@ class FunctionCache:
             if count + 1 == INLINE_AFTER_FAST_CALLS:
                 fn = self.get(key)
                 if fn is not None:
-                    self.in_place[key] = fn
+                    self._in_place[key] = fn
 
     def get(self, key: str) -> Any:
         with self._lock:
@@ -124,7 +118,7 @@ class FunctionCache:
             while len(self._functions) > self._size:
                 evicted, _ = self._functions.popitem(last=False)
                 self._quick.pop(evicted, None)
-                self.in_place.pop(evicted, None)
+                self._in_place.pop(evicted, None)
 
 
 def packed_reply(request_id: str, value: Any, max_bytes: int) -> list[Any]:
@@ -247,23 +241,16 @@ def call_function(
     functions: FunctionCache,
     max_bytes: int,
 ) -> None:
-    """Run ``fn`` with the arguments in ``payload[index:]`` and send its reply.
-
-    Every call runs through here; the usual case (plainly pickled arguments, a result that is
-    a number, a string or None) takes the fewest steps."""
+    """Run ``fn`` with the arguments in ``payload[index:]`` and send its reply."""
     try:
-        if index:
-            payload = payload[index:]
-        nb = header.get("nb")
-        kind = header.get("ser", _PICKLE)
-        if not nb and kind == _PICKLE:
-            args, kwargs = _pickle_loads(payload[0].buffer)
-        else:
-            args, kwargs = ser.loads_frames(kind, payload, int(nb or 0))
+        arguments = payload[index:] if index else payload
+        args, kwargs = ser.loads_frames(
+            header.get("ser", ser.SER_PICKLE), arguments, int(header.get("nb") or 0)
+        )
     except Exception as exc:
         ctx.finish(_not_loadable(ctx.request_id, exc))
         return
-    start = monotonic()
+    start = time.monotonic()
     try:
         previous = ctx.enter()
         try:
@@ -271,25 +258,17 @@ def call_function(
         finally:
             ctx.leave(previous)
     except BaseException as exc:
-        elapsed = monotonic() - start
+        elapsed = time.monotonic() - start
         ctx.finish(exception_reply(ctx.request_id, exc, skip_frames=1))
         functions.record(header["fn"], elapsed)
         return
-    if type(result) is _GENERATOR:
+    if type(result) is types.GeneratorType:
         functions.record(header["fn"], 0.0, generator=True)
         run_generator(ctx, result, max_bytes)
-        return
-    elapsed = monotonic() - start
-    data = _pickle_dumps(result, 5) if type(result) in _ATOMS else None
-    if data is not None and len(data) <= max_bytes:  # None, numbers, strings: one plain pickle
-        ctx.finish(p.make_result(ctx.request_id, (data,), _PICKLE, 0))
     else:
+        elapsed = time.monotonic() - start
         ctx.finish(packed_reply(ctx.request_id, result, max_bytes))
-    # After the reply left: it does not wait. A function already running in place that stayed
-    # quick changes nothing.
-    key = header["fn"]
-    if elapsed >= INLINE_MAX_SECONDS or key not in functions.in_place:
-        functions.record(key, elapsed)
+        functions.record(header["fn"], elapsed)  # after the reply left: it does not wait
 
 
 def run_generator(ctx: RequestContext, gen: Any, max_bytes: int) -> None:

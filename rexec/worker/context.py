@@ -13,7 +13,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from threading import get_ident
 from typing import Any, TextIO
 
 from rexec import protocol as p
@@ -158,9 +157,7 @@ class RequestContext:
         for hook in _before_finish:
             hook()
         self.finished = True
-        if self._pending:  # as in ``send``, which this is, inline: every request ends here
-            self._send_later(self._take_messages)
-        self._send([self.tag, *frames])
+        self.send(frames)
 
     # -- running user code -----------------------------------------------------------------
 
@@ -181,7 +178,7 @@ class RequestContext:
         _active.append(self)
         _last[0] = self
         with self._lock:
-            self._thread_id = get_ident()
+            self._thread_id = threading.get_ident()
             self._interrupt = interrupt
             self._in_user_code = True
             cancelled = self.cancelled

@@ -27,7 +27,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from threading import get_ident
 from typing import Any
 
 import zmq
@@ -44,8 +43,6 @@ from rexec.worker.fdcapture import FdCapture
 from rexec.worker.pool import CallPool
 
 log = logging.getLogger("rexec.worker")
-
-_REQUEST, _OP_CALL = p.REQUEST, p.OP_CALL
 
 EXIT_OK = 0
 EXIT_REFUSED = 3
@@ -110,10 +107,6 @@ class Worker:
         # Bound once: every request's context sends through them.
         self._channel_send = self.channel.send
         self._channel_send_later = self.channel.send_later
-        # Read on every request: the functions that run in place, and the I/O thread's id.
-        self._in_place = self._functions.in_place
-        self._touch = self._functions.touch
-        self._io_ident: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -131,7 +124,6 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self._write_status("connecting")
         self.channel.start()
-        self._io_ident = self.channel.io_ident
         if self.settings.parent_pid:
             threading.Thread(target=self._watch_parent, daemon=True).start()
         try:
@@ -194,12 +186,11 @@ class Worker:
         self, header: dict[str, Any], payload: list[zmq.Frame], tag: bytes | None
     ) -> None:
         msg_type = header["t"]
-        if msg_type == _REQUEST:
-            if header.get("op") == _OP_CALL and not header.get("fn_inline"):
-                key = header.get("fn")
-                fn = self._in_place.get(key) if type(key) is str else None  # ``quick``, inline
+        if msg_type == p.REQUEST:
+            if header.get("op") == p.OP_CALL and not header.get("fn_inline"):
+                fn = self._functions.quick(header.get("fn"))
                 # Only the I/O thread runs calls in place, never the standby thread.
-                if fn is not None and get_ident() == self._io_ident:
+                if fn is not None and self.channel.in_io_thread():
                     self._call_in_place(fn, tag or b"", header, payload)
                     return
             self._start_request((tag or b"", header.get("id", "")), header, payload)
@@ -241,26 +232,19 @@ class Worker:
     ) -> None:
         """Run a call of a function whose calls return quickly right here, on the I/O thread:
         no hand-over to a call thread. The standby thread takes over reading meanwhile if it
-        runs long after all.
-
-        Every call of such a function comes through here, so it is written for CPU cost: the
-        steps of ``_register``, ``_guarded`` and ``_forget`` are inline."""
-        key = (tag, header["id"])
-        requests = self._requests
-        if key in requests:
+        runs long after all."""
+        ctx = self._register((tag, header["id"]), p.OP_CALL)
+        if ctx is None:
             return
-        ctx = RequestContext(tag, key[1], _OP_CALL, self._channel_send, self._channel_send_later)
-        requests[key] = ctx
         channel = self.channel
         channel.begin_blocking()
         try:
-            call_function(ctx, fn, header, payload, 0, self._functions, self.max_bytes)
-        except BaseException as exc:
-            self._failed(ctx, exc)
+            self._guarded(
+                ctx, call_function, fn, header, payload, 0, self._functions, self.max_bytes
+            )
         finally:
             channel.end_blocking()
-            requests.pop(key, None)
-        self._touch(header["fn"])  # after the reply: least recently used order
+        self._functions.touch(header["fn"])  # after the reply: least recently used order
 
     def _register(self, key: tuple[bytes, str], op: str) -> RequestContext | None:
         """Track a new request; None if a request with this id is already in progress."""
