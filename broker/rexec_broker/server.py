@@ -1,8 +1,9 @@
 """The broker's socket loop: a ROUTER for clients, a ROUTER for workers, one thread.
 
 The loop never blocks on anything but ``epoll``. Token validation that misses the cache runs on a
-thread pool and its result comes back through a self-pipe. Payload frames are forwarded as
-received (zero-copy) and never deserialized; only the bounded header frame is parsed.
+thread pool (``rexec_broker.admission``) and its decision comes back through a self-pipe. Payload
+frames are forwarded as received (zero-copy) and never deserialized; only the bounded header frame
+is parsed.
 
 Every request and every reply crosses this loop, so its hot paths are written for CPU cost:
 pyzmq's compiled send/receive (through ``rexec.transport``) instead of its multipart helpers,
@@ -18,20 +19,17 @@ no longer exist.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import select
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from rexec import protocol as p
-from rexec.auth import CachingValidator, Identity
+from rexec.auth import CachingValidator
 from rexec.credentials import verify_worker_credential
-from rexec.errors import AuthError, AuthUnavailable, ProtocolError
+from rexec.errors import AuthError, ProtocolError
 from rexec.transport import (
     Waker,
     load_curve_secret,
@@ -40,38 +38,26 @@ from rexec.transport import (
     read_monitor_events,
     readable,
     receive_message,
-    send_message,
 )
 from rexec_broker.activity import ActivityTracker, answer_activity
+from rexec_broker.admission import Admission, Admitted, Decision, Denied
 from rexec_broker.config import BrokerSettings
+from rexec_broker.outbound import Outbound, PeerKey
 from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
 
 log = logging.getLogger("rexec.broker")
 
-MAX_TOKEN_CHARS = 8192
 MAX_INFO_KEYS = 32
 SWEEP_INTERVAL = 5.0
 PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
-MAX_BACKLOG_MESSAGES = 100_000
 BACKLOG_RETRY_SECONDS = 0.005
 DRAIN_LIMIT = 500  # messages taken from one router before the other gets its turn
-CORK_BATCH = 16  # messages sent together during a burst; small, so workers start early
 DRAIN_ROUNDS = 4  # router passes per loop turn; the rest waits for the next turn (no sleep)
 FRONT, BACK = 1, 2  # bits naming the routers that must be checked for messages
 
 _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
 _REQUEST, _REPLY = p.REQUEST, p.REPLY
-
-
-@dataclass
-class _Validation:
-    rid: bytes
-    token: str
-    worker: str
-    info: dict[str, Any]
-    revalidate: bool
-    future: Future[Identity]
 
 
 class Broker:
@@ -82,7 +68,6 @@ class Broker:
     ) -> None:
         settings.check()
         self.settings = settings
-        self._validator = validator
         self._signing_key = signing_key
         self._curve_secret = (
             load_curve_secret(settings.curve_secret_key_path)
@@ -107,19 +92,17 @@ class Broker:
             open_monitor(self.frontend): "clients",
             open_monitor(self.backend): "workers",
         }
-        self._pool = ThreadPoolExecutor(settings.validation_threads, "rexec-auth")
-        self._validations: collections.deque[_Validation] = collections.deque()
-        self._pending_hello: dict[bytes, int] = {}
-        self._hello_serial = 0
         self._waker = Waker()
+        self.admission = Admission(
+            validator, settings.validation_threads, self._waker.wake, settings.auth.cache_ttl
+        )
         self._stopping = False
         self._probe_at: list[tuple[float, str]] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
-        # Messages (routing id first) waiting for a full queue, by (to a client?, routing id).
-        self._backlog: dict[tuple[bool, bytes], collections.deque[list[Any]]] = {}
-        # While a burst of messages is handled: what it sends, sent in batches of CORK_BATCH.
-        self._corked: list[tuple[bool, bytes, list[Any]]] | None = None
+        self._outbound = Outbound(self.frontend, self.backend, self._drop_peer, self.stats)
+        # Bound once: every request and reply is sent through it.
+        self._send = self._outbound.send
 
     @property
     def frontend_url(self) -> str:
@@ -144,6 +127,7 @@ class Broker:
         log.info("broker serving clients on %s, workers on %s", self.frontend_url, self.backend_url)
         poll, monotonic = poller.poll, time.monotonic
         drain, handle_client, handle_worker = self._drain, self._handle_client, self._handle_worker
+        admission, backlogs = self.admission, self._outbound.backlogs
         # A ZeroMQ socket's descriptor only signals *changes*: it stays quiet while messages are
         # already queued, and any operation on the socket (a send included) may consume the
         # signal of a message that arrived meanwhile. So a router is drained until it reports
@@ -158,7 +142,7 @@ class Broker:
                     timeout = 0.0
                 else:
                     timeout = self._next_timer - monotonic()
-                    if self._backlog and timeout > BACKLOG_RETRY_SECONDS:
+                    if backlogs and timeout > BACKLOG_RETRY_SECONDS:
                         timeout = BACKLOG_RETRY_SECONDS
                     elif timeout < 0.0:
                         timeout = 0.0
@@ -172,14 +156,15 @@ class Broker:
                     elif fd in monitors:
                         self._handle_monitors([monitors[fd]])
                 # Work that sends on either router comes first, so the drain below covers it.
-                if self._validations:
-                    self._finish_validations()
+                if admission.has_finished:
+                    for decision in admission.finished(self.table.clients):
+                        self._apply(decision)
                     check = FRONT | BACK
                 if monotonic() >= self._next_timer:
                     self._run_timers()
                     check = FRONT | BACK
-                if self._backlog:
-                    self._flush_backlogs()
+                if backlogs:
+                    self._outbound.flush()
                     check = FRONT | BACK
                 check |= signalled
                 for _ in range(DRAIN_ROUNDS):
@@ -209,7 +194,7 @@ class Broker:
                 self._next_timer = min(self._next_timer, now)
 
     def _close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.admission.close()
         for monitor in self._monitors:
             monitor.close(linger=0)
         self.frontend.close(linger=0)
@@ -228,7 +213,7 @@ class Broker:
         # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
         if not signalled and not readable(sock):
             return 0
-        stats = self.stats
+        stats, hold, release = self.stats, self._outbound.hold, self._outbound.release
         count = 0
         try:
             while count < DRAIN_LIMIT:
@@ -248,77 +233,12 @@ class Broker:
                         log.exception("broker failed to handle a message; dropped it")
                 if not readable(sock):
                     return count
-                corked = self._corked
-                if corked is None:
-                    # More are queued: a burst. What it sends leaves in batches, so ZeroMQ
-                    # wakes its I/O thread once per batch, not once per message.
-                    self._corked = []
-                elif len(corked) >= CORK_BATCH:
-                    self._uncork()
-                    self._corked = []
+                hold()  # more are queued: a burst, whose sends leave in batches
             return count
         finally:
-            if self._corked is not None:
-                self._uncork()
+            release()
 
-    def _uncork(self) -> None:
-        held, self._corked = self._corked or [], None
-        for to_client, rid, message in held:
-            self._send(to_client, rid, message)
-
-    # -- sending ---------------------------------------------------------------------------
-
-    def _send(self, to_client: bool, rid: bytes, message: list[Any]) -> bool:
-        """Send ``message`` (routing id ``rid`` first) to one connection, in order; False only
-        when the connection is gone.
-
-        A peer that reads slower than it is sent to fills its pipe; the broker then keeps its
-        messages in a backlog and retries from the loop, rather than dropping one (a dropped
-        reply would leave a caller waiting) or blocking every other user.
-        """
-        if self._corked is not None:
-            self._corked.append((to_client, rid, message))
-            return True
-        backlogs = self._backlog
-        if backlogs:
-            backlog = backlogs.get((to_client, rid))
-            if backlog is not None:
-                if len(backlog) >= MAX_BACKLOG_MESSAGES:
-                    self._drop_peer((to_client, rid), "it stopped reading its messages")
-                    return False
-                backlog.append(message)
-                return True
-        try:
-            send_message(self.frontend if to_client else self.backend, message)
-        except zmq.Again:
-            self.stats["backlogged"] += 1
-            backlogs[(to_client, rid)] = collections.deque([message])
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
-            self._drop_peer((to_client, rid), "its connection closed")
-            return False
-        return True
-
-    def _flush_backlogs(self) -> None:
-        for key, backlog in list(self._backlog.items()):
-            sock = self.frontend if key[0] else self.backend
-            while backlog:
-                try:
-                    send_message(sock, backlog[0])
-                except zmq.Again:
-                    break
-                except zmq.ZMQError as exc:
-                    if exc.errno != errno.EHOSTUNREACH:
-                        raise
-                    self._drop_peer(key, "its connection closed")
-                    break
-                backlog.popleft()
-            if not backlog:
-                self._backlog.pop(key, None)
-
-    def _drop_peer(self, key: tuple[bool, bytes], reason: str) -> None:
-        self._backlog.pop(key, None)
+    def _drop_peer(self, key: PeerKey, reason: str) -> None:
         if key[0]:
             self._drop_client(key[1])
         else:
@@ -373,7 +293,7 @@ class Broker:
                 and time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
                 and not client.revalidating
             ):
-                self._revalidate(client)
+                self.admission.revalidate(client)
         elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
             self._client_followup(rid, header, frames)
         elif msg_type == p.PING:
@@ -383,7 +303,9 @@ class Broker:
                 p.make_pong() if known else p.make_refused(p.E_UNAUTHENTICATED, "say hello again"),
             )
         elif msg_type == p.HELLO:
-            self._client_hello(rid, header)
+            decision = self.admission.hello(rid, header)
+            if decision is not None:
+                self._apply(decision)
         elif msg_type == p.ACTIVITY:
             reply = answer_activity(header, self.table, self.activity, self._signing_key)
             self._to_client(rid, reply)
@@ -404,93 +326,28 @@ class Broker:
             return
         self._send(False, worker_rid, [worker_rid, *frames])  # frames[0]: the route tag
 
-    def _client_hello(self, rid: bytes, header: dict[str, Any]) -> None:
-        token = header.get("token")
-        worker = header.get("worker", "default")
-        info = header.get("info") or {}
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
-            self._to_client(rid, p.make_refused(p.E_AUTH_FAILED, "hello needs a token"))
-            return
-        if not p.valid_worker_name(worker):
+    def _apply(self, decision: Decision) -> None:
+        """Act on an admission decision: bind the client, or refuse it, or end its session."""
+        if isinstance(decision, Admitted):
+            self._accept_client(decision)
+        elif isinstance(decision, Denied):
+            self.stats[decision.code] += 1
+            self._to_client(decision.rid, p.make_refused(decision.code, decision.message))
+        else:
+            log.info("token of user %s is no longer valid; closing its session", decision.user)
+            self._drop_client(decision.rid)
             self._to_client(
-                rid,
-                p.make_refused(p.E_BAD_MESSAGE, f"worker name must match {p.WORKER_NAME_PATTERN}"),
+                decision.rid, p.make_refused(p.E_AUTH_FAILED, "your token is no longer valid")
             )
-            return
-        if not isinstance(info, dict) or len(info) > MAX_INFO_KEYS:
-            info = {}
-        self._hello_serial += 1
-        self._pending_hello[rid] = self._hello_serial
-        try:
-            identity = self._validator.peek(token)
-        except AuthError as exc:
-            self._refuse_auth(rid, exc)
-            return
-        if identity is not None:
-            self._accept_client(rid, token, worker, identity)
-            return
-        self._submit_validation(rid, token, worker, info, revalidate=False)
 
-    def _submit_validation(
-        self, rid: bytes, token: str, worker: str, info: dict[str, Any], revalidate: bool
-    ) -> None:
-        future = self._pool.submit(self._validator.validate, token)
-        job = _Validation(rid, token, worker, info, revalidate, future)
-
-        def done(_: Future[Identity]) -> None:
-            self._validations.append(job)
-            self._waker.wake()
-
-        future.add_done_callback(done)
-
-    def _finish_validations(self) -> None:
-        while self._validations:
-            job = self._validations.popleft()
-            try:
-                identity = job.future.result()
-            except (AuthError, Exception) as exc:  # AuthUnavailable is an AuthError
-                self._validation_failed(job, exc)
-                continue
-            if job.revalidate:
-                client = self.table.clients.get(job.rid)
-                if client is not None:
-                    client.revalidating = False
-                    client.validated_at = time.monotonic()
-            elif job.rid in self._pending_hello:
-                self._accept_client(job.rid, job.token, job.worker, identity)
-
-    def _validation_failed(self, job: _Validation, exc: BaseException) -> None:
-        if not isinstance(exc, AuthError):
-            log.error("token validation crashed: %s", type(exc).__name__)
-            exc = AuthUnavailable("token validation failed inside the broker; see its log")
-        if job.revalidate:
-            client = self.table.clients.get(job.rid)
-            if client is None:
-                return
-            client.revalidating = False
-            if isinstance(exc, AuthUnavailable):
-                client.validated_at = time.monotonic() - self.settings.auth.cache_ttl + 10
-                return
-            log.info("token of user %s is no longer valid; closing its session", client.user)
-            self._drop_client(job.rid)
-            self._to_client(
-                job.rid, p.make_refused(p.E_AUTH_FAILED, "your token is no longer valid")
-            )
-        elif job.rid in self._pending_hello:
-            self._refuse_auth(job.rid, exc)
-
-    def _refuse_auth(self, rid: bytes, exc: BaseException) -> None:
-        self._pending_hello.pop(rid, None)
-        code = p.E_AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else p.E_AUTH_FAILED
-        self.stats[code] += 1
-        self._to_client(rid, p.make_refused(code, str(exc)))
-
-    def _accept_client(self, rid: bytes, token: str, worker: str, identity: Identity) -> None:
-        self._pending_hello.pop(rid, None)
+    def _accept_client(self, admitted: Admitted) -> None:
+        rid, worker, identity = admitted.rid, admitted.worker, admitted.identity
         current = self.table.clients.get(rid)
-        conn = ClientConn(rid, identity.user, identity.groups, worker, token, time.monotonic())
+        conn = ClientConn(
+            rid, identity.user, identity.groups, worker, admitted.token, time.monotonic()
+        )
         if current is not None and current.worker_key == conn.worker_key:
-            current.token, current.validated_at = token, conn.validated_at
+            current.token, current.validated_at = admitted.token, conn.validated_at
             conn = current
         else:
             self._cancel_on_workers(rid, self.table.add_client(conn))
@@ -508,14 +365,9 @@ class Broker:
             ),
         )
 
-    def _revalidate(self, client: ClientConn) -> None:
-        """Check a client's token again in the background (its cached validation expired)."""
-        client.revalidating = True
-        self._submit_validation(client.rid, client.token, client.worker, {}, revalidate=True)
-
     def _drop_client(self, rid: bytes) -> None:
-        self._pending_hello.pop(rid, None)
-        self._backlog.pop((True, rid), None)
+        self.admission.forget(rid)
+        self._outbound.forget((True, rid))
         self._cancel_on_workers(rid, self.table.remove_client(rid))
 
     def _cancel_on_workers(self, client_rid: bytes, running: list[tuple[bytes, str]]) -> None:
@@ -592,7 +444,7 @@ class Broker:
         self._notify_clients((claims.user, claims.worker), "online", info)
 
     def _drop_worker(self, rid: bytes, reason: str) -> None:
-        self._backlog.pop((False, rid), None)
+        self._outbound.forget((False, rid))
         conn, lost = self.table.remove_worker(rid)
         if conn is None:
             return

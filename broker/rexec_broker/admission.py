@@ -1,0 +1,184 @@
+"""Client admission: the token checks behind a ``hello`` and behind an expired session.
+
+Sockets stay in the broker's loop. This module decides, and the loop acts on its decisions:
+
+* ``Admitted``: the token is valid; the client may be bound to that identity.
+* ``Denied``: a hello is refused (bad fields, a wrong token, the IdP unreachable).
+* ``Revoked``: a connected client's token stopped being valid; its session ends.
+
+A token the validator's cache knows is decided at once. Any other goes to a thread pool, so a
+slow IdP never stalls routing; its outcome comes back through ``finished()``, which the loop
+calls after ``wake`` told it one is ready. Tokens never appear in a decision's message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from rexec import protocol as p
+from rexec.auth import CachingValidator, Identity
+from rexec.errors import AuthError, AuthUnavailable
+from rexec_broker.routing import ClientConn
+
+log = logging.getLogger("rexec.broker")
+
+MAX_TOKEN_CHARS = 8192
+# After the IdP could not be reached for a revalidation, the next try comes this much later.
+REVALIDATE_RETRY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Admitted:
+    rid: bytes
+    token: str = field(repr=False)
+    worker: str
+    identity: Identity
+
+
+@dataclass(frozen=True)
+class Denied:
+    rid: bytes
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Revoked:
+    rid: bytes
+    user: str
+
+
+Decision = Admitted | Denied | Revoked
+
+
+@dataclass
+class _Check:
+    """A token check running on the pool."""
+
+    rid: bytes
+    token: str = field(repr=False)
+    worker: str
+    revalidate: bool
+    future: Future[Identity]
+
+
+class Admission:
+    """Decides which client connections are admitted, as whom, without blocking the caller."""
+
+    def __init__(
+        self,
+        validator: CachingValidator,
+        threads: int,
+        wake: Callable[[], None],
+        cache_ttl: float,
+    ) -> None:
+        self._validator = validator
+        self._wake = wake
+        self._cache_ttl = cache_ttl
+        self._pool = ThreadPoolExecutor(threads, "rexec-auth")
+        self._done: collections.deque[_Check] = collections.deque()
+        # Connections whose hello awaits its check. A hello superseded by a newer one, or a
+        # connection dropped meanwhile, is forgotten here, and its late outcome is discarded.
+        self._hellos: dict[bytes, _Check | None] = {}
+
+    @property
+    def has_finished(self) -> bool:
+        """Whether checks finished that ``finished()`` has not returned yet."""
+        return bool(self._done)
+
+    def hello(self, rid: bytes, header: Mapping[str, Any]) -> Decision | None:
+        """Decide a ``hello`` now, or None when its token is being checked (see ``finished``)."""
+        token = header.get("token")
+        worker = header.get("worker", "default")
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+            return Denied(rid, p.E_AUTH_FAILED, "hello needs a token")
+        if not p.valid_worker_name(worker):
+            return Denied(rid, p.E_BAD_MESSAGE, f"worker name must match {p.WORKER_NAME_PATTERN}")
+        self._hellos.pop(rid, None)
+        try:
+            identity = self._validator.peek(token)
+        except AuthError as exc:
+            return _denied(rid, exc)
+        if identity is not None:
+            return Admitted(rid, token, worker, identity)
+        self._hellos[rid] = self._submit(rid, token, worker, revalidate=False)
+        return None
+
+    def revalidate(self, client: ClientConn) -> None:
+        """Check a connected client's token again in the background (its validation is older
+        than the cache TTL); if it was revoked, ``finished()`` returns ``Revoked``."""
+        client.revalidating = True
+        self._submit(client.rid, client.token, client.worker, revalidate=True)
+
+    def forget(self, rid: bytes) -> None:
+        """The connection is gone: a check still running for its hello decides nothing."""
+        self._hellos.pop(rid, None)
+
+    def finished(self, clients: Mapping[bytes, ClientConn]) -> list[Decision]:
+        """Decisions of the checks that ended since the last call, in the order they ended.
+
+        ``clients``: the connected clients, whose revalidation state is updated here.
+        """
+        decisions: list[Decision] = []
+        while self._done:
+            check = self._done.popleft()
+            if check.revalidate:
+                client = clients.get(check.rid)
+                if client is not None:
+                    decision = self._revalidated(check, client)
+                    if decision is not None:
+                        decisions.append(decision)
+            elif self._hellos.get(check.rid) is check:
+                del self._hellos[check.rid]
+                decisions.append(self._decide_hello(check))
+        return decisions
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, rid: bytes, token: str, worker: str, *, revalidate: bool) -> _Check:
+        future = self._pool.submit(self._validator.validate, token)
+        check = _Check(rid, token, worker, revalidate, future)
+
+        def done(_: Future[Identity]) -> None:
+            self._done.append(check)
+            self._wake()
+
+        check.future.add_done_callback(done)
+        return check
+
+    def _decide_hello(self, check: _Check) -> Decision:
+        try:
+            identity = check.future.result()
+        except Exception as exc:  # AuthError, or a crash of the validator (reported as such)
+            return _denied(check.rid, exc)
+        return Admitted(check.rid, check.token, check.worker, identity)
+
+    def _revalidated(self, check: _Check, client: ClientConn) -> Revoked | None:
+        client.revalidating = False
+        try:
+            check.future.result()
+        except Exception as exc:
+            if isinstance(exc, AuthError) and not isinstance(exc, AuthUnavailable):
+                return Revoked(client.rid, client.user)
+            if not isinstance(exc, AuthError):
+                log.error("token validation crashed: %s", type(exc).__name__)
+            # Not known to be revoked: keep the session and ask again soon.
+            client.validated_at = time.monotonic() - self._cache_ttl + REVALIDATE_RETRY_SECONDS
+            return None
+        client.validated_at = time.monotonic()
+        return None
+
+
+def _denied(rid: bytes, exc: BaseException) -> Denied:
+    if not isinstance(exc, AuthError):
+        log.error("token validation crashed: %s", type(exc).__name__)
+        exc = AuthUnavailable("token validation failed inside the broker; see its log")
+    code = p.E_AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else p.E_AUTH_FAILED
+    return Denied(rid, code, str(exc))
