@@ -8,7 +8,6 @@ known to be gone.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import os
 import queue
@@ -38,6 +37,7 @@ from rexec.client.outputs import CURRENT_CONSOLE, ConsoleOutput, OutputHandler
 from rexec.client.replies import cell_reply, load_value, raise_for_reply, refusal_error, result_of
 from rexec.client.skew import check_skew, local_info, ships_source
 from rexec.client.spawner import SpawnerClient
+from rexec.client.window import Delivery, Pending, RequestWindow
 from rexec.errors import (
     CallTimeout,
     ConfigError,
@@ -56,26 +56,6 @@ UNSPAWNED_WORKER_WAIT = 5.0
 _LOST = "_lost"
 # The arguments of a call without any, serialized once.
 _NO_ARGUMENTS = ser.dumps(((), {}))
-
-
-Delivery = Callable[["_Pending", dict[str, Any], list[zmq.Frame]], None]
-
-
-class _Pending:
-    """A request waiting for its messages: queued for a waiting thread, or given to a callback
-    on the I/O thread (futures from ``submit``)."""
-
-    def __init__(self, request_id: str, callback: Delivery | None = None) -> None:
-        self.id = request_id
-        self.callback = callback
-        self.sent = False  # False while it waits for room in the in-flight window
-        self.events: queue.SimpleQueue[tuple[dict[str, Any], list[zmq.Frame]]] = queue.SimpleQueue()
-
-    def deliver(self, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
-        if self.callback is not None:
-            self.callback(self, header, payload)
-        else:
-            self.events.put((header, payload))
 
 
 class Session:
@@ -103,11 +83,8 @@ class Session:
         )
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
-        self._pending: dict[str, _Pending] = {}
-        # Requests sent and not finished; beyond ``max_in_flight`` new ones wait their turn.
-        self.max_in_flight = p.MAX_INFLIGHT_PER_CLIENT
-        self._in_flight = 0
-        self._waiting: collections.deque[tuple[_Pending, list[Any]]] = collections.deque()
+        self._window = RequestWindow()
+        self._pending = self._window.open  # read on every message the I/O thread dispatches
         self._lock = threading.Lock()
         self._welcome = threading.Event()
         self._worker_online = threading.Condition(self._lock)
@@ -162,6 +139,15 @@ class Session:
             self.close()
             raise refusal_error(refusal)
         return self
+
+    @property
+    def max_in_flight(self) -> int:
+        """Requests sent at once; more wait on the client (the broker announces its limit)."""
+        return self._window.limit
+
+    @max_in_flight.setter
+    def max_in_flight(self, limit: int) -> None:
+        self._window.limit = limit
 
     @property
     def connected(self) -> bool:
@@ -256,8 +242,7 @@ class Session:
         sent once the session is re-established. After a refusal nothing will be sent, so they
         end too.
         """
-        with self._lock:
-            pending = list(self._pending.values())
+        pending = self._window.snapshot()
         channel = None if self._closed else self._channel
         for item in pending:
             if channel is not None:
@@ -272,7 +257,7 @@ class Session:
 
     def _start(
         self, frames_for: Callable[[str], list[Any]], callback: Delivery | None = None
-    ) -> tuple[_Pending, list[Any]]:
+    ) -> tuple[Pending, list[Any]]:
         channel = self._channel
         if channel is None:
             self.connect()
@@ -286,41 +271,21 @@ class Session:
                 f"this request is {size:,} bytes, over the broker's limit of {self.max_bytes:,}; "
                 "pass large data in pieces or through shared storage"
             )
-        pending = _Pending(request_id, callback)
-        with self._lock:
-            self._pending[request_id] = pending
-            # The broker refuses more than ``max_in_flight`` per connection: beyond it, a
-            # request waits here for room.
-            queued = self._in_flight >= self.max_in_flight or bool(self._waiting)
-            if queued:
-                self._waiting.append((pending, frames))
-            else:
-                pending.sent = True
-                self._in_flight += 1
+        pending = Pending(request_id, callback)
+        send_now = self._window.add(pending, frames)
         if callback is not None:
             # No caller thread reads this reply; registered first, so see ``expect_messages``.
             channel.expect_messages()
-        if not queued:
+        if send_now:
             channel.send(frames, hold=True, key=request_id)
         return pending, frames
 
-    def _resend(self, pending: _Pending, frames: list[Any]) -> None:
+    def _resend(self, pending: Pending, frames: list[Any]) -> None:
         assert self._channel is not None
         self._channel.send(frames, hold=True, key=pending.id)
 
-    def _finish(self, pending: _Pending) -> None:
-        release: list[tuple[_Pending, list[Any]]] = []
-        with self._lock:
-            if self._pending.pop(pending.id, None) is not None:
-                if pending.sent:
-                    self._in_flight -= 1
-                else:
-                    self._drop_waiting(pending)
-            while self._waiting and self._in_flight < self.max_in_flight:
-                waiting, frames = self._waiting.popleft()
-                waiting.sent = True
-                self._in_flight += 1
-                release.append((waiting, frames))
+    def _finish(self, pending: Pending) -> None:
+        release = self._window.finish(pending)
         channel = self._channel
         if channel is None:
             return
@@ -329,16 +294,8 @@ class Session:
         if channel.holds_any():
             channel.withdraw(pending.id)
 
-    def _drop_waiting(self, pending: _Pending) -> bool:
-        """Forget a request still waiting for room in the window (under the lock)."""
-        for index, (waiting, _) in enumerate(self._waiting):
-            if waiting is pending:
-                del self._waiting[index]
-                return True
-        return False
-
     def _next_message(
-        self, pending: _Pending, deadline: float | None, output: OutputHandler
+        self, pending: Pending, deadline: float | None, output: OutputHandler
     ) -> tuple[dict[str, Any], list[zmq.Frame]]:
         """Wait for the next item or reply of ``pending``, handing outputs to ``output``.
 
@@ -355,7 +312,7 @@ class Session:
                 taken = (
                     NOT_READING
                     if channel is None
-                    else channel.take(pending.id, events, wait, self._others_waiting)
+                    else channel.take(pending.id, events, wait, self._window.others_open)
                 )
                 if taken is NOT_READING:
                     try:
@@ -378,15 +335,10 @@ class Session:
                 continue
             return header, payload
 
-    def _others_waiting(self) -> bool:
-        return len(self._pending) > 1
-
-    def _interrupt(self, pending: _Pending, output: OutputHandler) -> None:
+    def _interrupt(self, pending: Pending, output: OutputHandler) -> None:
         """Cancel a request on the worker and wait briefly for it to stop."""
         assert self._channel is not None
-        with self._lock:
-            never_sent = not pending.sent and self._drop_waiting(pending)
-        if never_sent or self._channel.withdraw(pending.id):
+        if self._window.withdraw_waiting(pending) or self._channel.withdraw(pending.id):
             return
         self._channel.send(p.make_cancel(pending.id))
         deadline = time.monotonic() + CANCEL_GRACE
@@ -551,7 +503,7 @@ class Session:
             except BaseException as exc:
                 future.set_exception(exc)
 
-        def on_message(pending: _Pending, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
+        def on_message(pending: Pending, header: dict[str, Any], payload: list[zmq.Frame]) -> None:
             msg_type = header["t"]
             if msg_type == p.OUTPUT:
                 output.handle(header.get("mt", ""), p.parse_json_frame(payload[0]))
@@ -636,8 +588,7 @@ class Session:
         self, request_id: str, timeout: float | None, output: OutputHandler
     ) -> tuple[bool, Any]:
         """Ask for the next item: ``(True, item)``, or ``(False, return value)`` at the end."""
-        with self._lock:
-            pending = self._pending.get(request_id)
+        pending = self._window.get(request_id)
         if pending is None or self._channel is None:
             raise ConnectionLost("the generator's request is no longer active")
         self._channel.send(p.make_next(request_id))
@@ -654,8 +605,7 @@ class Session:
         return False, result_of(header, payload)
 
     def _close_generator(self, request_id: str) -> None:
-        with self._lock:
-            pending = self._pending.get(request_id)
+        pending = self._window.get(request_id)
         if pending is not None and self._channel is not None and not self._closed:
             self._channel.send(p.make_cancel(request_id))
             self._finish(pending)
