@@ -8,7 +8,8 @@ Sockets stay in the broker's loop. This module decides, and the loop acts on its
 
 A token the validator's cache knows is decided at once. Any other goes to a thread pool, so a
 slow IdP never stalls routing; its outcome comes back through ``finished()``, which the loop
-calls after ``wake`` told it one is ready. Tokens never appear in a decision's message.
+calls after ``wake`` told it a check ended (``ended`` is then not empty). Tokens never appear in
+a decision's message.
 """
 
 from __future__ import annotations
@@ -82,15 +83,12 @@ class Admission:
         self._wake = wake
         self._cache_ttl = cache_ttl
         self._pool = ThreadPoolExecutor(threads, "rexec-auth")
-        self._done: collections.deque[_Check] = collections.deque()
+        # Checks that ended, for ``finished()``. Never replaced: the loop tests it every turn,
+        # so it keeps a reference rather than calling a method.
+        self.ended: collections.deque[_Check] = collections.deque()
         # Connections whose hello awaits its check. A hello superseded by a newer one, or a
         # connection dropped meanwhile, is forgotten here, and its late outcome is discarded.
         self._hellos: dict[bytes, _Check | None] = {}
-
-    @property
-    def has_finished(self) -> bool:
-        """Whether checks finished that ``finished()`` has not returned yet."""
-        return bool(self._done)
 
     def hello(self, rid: bytes, header: Mapping[str, Any]) -> Decision | None:
         """Decide a ``hello`` now, or None when its token is being checked (see ``finished``)."""
@@ -126,8 +124,8 @@ class Admission:
         ``clients``: the connected clients, whose revalidation state is updated here.
         """
         decisions: list[Decision] = []
-        while self._done:
-            check = self._done.popleft()
+        while self.ended:
+            check = self.ended.popleft()
             if check.revalidate:
                 client = clients.get(check.rid)
                 if client is not None:
@@ -147,7 +145,7 @@ class Admission:
         check = _Check(rid, token, worker, revalidate, future)
 
         def done(_: Future[Identity]) -> None:
-            self._done.append(check)
+            self.ended.append(check)
             self._wake()
 
         check.future.add_done_callback(done)

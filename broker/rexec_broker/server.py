@@ -101,8 +101,8 @@ class Broker:
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
         self._outbound = Outbound(self.frontend, self.backend, self._drop_peer, self.stats)
-        # Bound once: every request and reply is sent through it.
-        self._send = self._outbound.send
+        # Bound once: every request and reply is sent through them.
+        self._send, self._hold = self._outbound.send, self._outbound.hold
 
     @property
     def frontend_url(self) -> str:
@@ -128,6 +128,7 @@ class Broker:
         poll, monotonic = poller.poll, time.monotonic
         drain, handle_client, handle_worker = self._drain, self._handle_client, self._handle_worker
         admission, backlogs = self.admission, self._outbound.backlogs
+        ended = admission.ended  # checked every turn: no call when nothing ended
         # A ZeroMQ socket's descriptor only signals *changes*: it stays quiet while messages are
         # already queued, and any operation on the socket (a send included) may consume the
         # signal of a message that arrived meanwhile. So a router is drained until it reports
@@ -156,7 +157,7 @@ class Broker:
                     elif fd in monitors:
                         self._handle_monitors([monitors[fd]])
                 # Work that sends on either router comes first, so the drain below covers it.
-                if admission.has_finished:
+                if ended:
                     for decision in admission.finished(self.table.clients):
                         self._apply(decision)
                     check = FRONT | BACK
@@ -213,8 +214,9 @@ class Broker:
         # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
         if not signalled and not readable(sock):
             return 0
-        stats, hold, release = self.stats, self._outbound.hold, self._outbound.release
+        stats, hold = self.stats, self._hold
         count = 0
+        burst = False
         try:
             while count < DRAIN_LIMIT:
                 try:
@@ -234,9 +236,11 @@ class Broker:
                 if not readable(sock):
                     return count
                 hold()  # more are queued: a burst, whose sends leave in batches
+                burst = True
             return count
         finally:
-            release()
+            if burst:
+                self._outbound.release()
 
     def _drop_peer(self, key: PeerKey, reason: str) -> None:
         if key[0]:
