@@ -13,9 +13,9 @@ itself (``take``): messages about its request come straight back to it, others a
 usual (no hand-over between threads in a request's path). After such a caller finished and no
 other request waits, the I/O thread stops watching the socket rather than wake for every reply a
 caller reads itself; whatever needs it later wakes it (``expect_messages``), and it looks at the
-socket every ``SAFETY_POLL_MS`` regardless. A handler may run short work in place
-inside ``blocking_section()``; if that work turns out to take long, a standby thread takes over
-reading and dispatching until it ends, so nothing waits behind it for more than
+socket every ``SAFETY_POLL_MS`` regardless. A handler may run short work in place, between
+``begin_blocking()`` and ``end_blocking()``; if that work turns out to take long, a standby thread
+takes over reading and dispatching until it ends, so nothing waits behind it for more than
 ``standby_after`` seconds.
 
 The channel greets the broker (``hello`` or ``register``) every time a connection is established
@@ -32,8 +32,7 @@ import queue
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
@@ -144,7 +143,7 @@ class BrokerChannel:
         # Received, not yet dispatched; popped only by the thread holding ``_dispatching``.
         self._inbox: collections.deque[list[zmq.Frame]] = collections.deque()
         self._dispatching = threading.RLock()
-        # Set while a handler runs work in place (``blocking_section``); read by the standby.
+        # Set while a handler runs work in place (``begin_blocking``); read by the standby.
         self._blocked_since = 0.0
         self._standby_after = standby_after
         self._last_received = time.monotonic()
@@ -166,18 +165,9 @@ class BrokerChannel:
     def in_io_thread(self) -> bool:
         return threading.get_ident() == self._io_ident
 
-    @contextmanager
-    def blocking_section(self) -> Iterator[None]:
-        """Run a handler's work in place: other messages wait for it, the standby watches it."""
-        self.begin_blocking()
-        try:
-            yield
-        finally:
-            self.end_blocking()
-
     def begin_blocking(self) -> None:
-        """``blocking_section`` without the context manager, for the hot path: call
-        ``end_blocking`` in a ``finally``."""
+        """A handler runs its work in place: other messages wait for it, and the standby
+        watches it. Call ``end_blocking`` in a ``finally``."""
         self._dispatching.release()
         self._blocked_since = time.monotonic()
 
