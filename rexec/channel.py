@@ -72,6 +72,9 @@ CALLER_SLICE = 0.01
 BURST = 64
 # How often the standby thread checks for a handler blocking the dispatch of other messages.
 STANDBY_CHECK = 0.025
+# After this long without work run in place, the standby sleeps until the next such work wakes
+# it, so an idle worker does not wake 40 times a second.
+STANDBY_DORMANT_AFTER = 1.0
 HANDSHAKE_FAILED = "handshake_failed"
 # ``take`` could not read: another thread reads the socket and dispatches what arrives.
 NOT_READING = object()
@@ -146,6 +149,8 @@ class BrokerChannel:
         # Set while a handler runs work in place (``begin_blocking``); read by the standby.
         self._blocked_since = 0.0
         self._standby_after = standby_after
+        self._standby_dormant = False  # the standby sleeps on ``_standby_wake``
+        self._standby_wake = threading.Event()
         self._last_received = time.monotonic()
         self._last_sent = 0.0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -170,6 +175,10 @@ class BrokerChannel:
         watches it. Call ``end_blocking`` in a ``finally``."""
         self._dispatching.release()
         self._blocked_since = time.monotonic()
+        # Read after ``_blocked_since`` is set; the standby announces that it sleeps before it
+        # reads that, so one of the two sees the other (see ``_standby``).
+        if self._standby_dormant:
+            self._standby_wake.set()
 
     def end_blocking(self) -> None:
         self._blocked_since = 0.0
@@ -255,6 +264,7 @@ class BrokerChannel:
     def close(self, timeout: float = 2.0) -> None:
         self._stopping = True
         self._closing.set()
+        self._standby_wake.set()
         self._waker.wake()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
@@ -573,12 +583,29 @@ class BrokerChannel:
     def _standby(self) -> None:
         """Take over reading while a handler has been blocking dispatch for too long."""
         assert self._standby_after is not None
+        idle = 0  # checks in a row that found no work run in place
+        dormant_after = round(STANDBY_DORMANT_AFTER / STANDBY_CHECK)
         while not self._closing.wait(STANDBY_CHECK):
             since = self._blocked_since
-            if not since or time.monotonic() - since < self._standby_after:
+            if not since:
+                idle += 1
+                if idle >= dormant_after:
+                    self._sleep_until_work()
+                    idle = 0
+                continue
+            idle = 0
+            if time.monotonic() - since < self._standby_after:
                 continue
             log.debug("a handler blocks dispatch; the standby thread reads meanwhile")
             self._stand_in(since)
+
+    def _sleep_until_work(self) -> None:
+        """Sleep until ``begin_blocking`` (or ``close``) wakes the standby."""
+        self._standby_dormant = True
+        if not self._blocked_since:  # read after announcing: see ``begin_blocking``
+            self._standby_wake.wait()
+        self._standby_wake.clear()
+        self._standby_dormant = False
 
     def _stand_in(self, since: float) -> None:
         def ended() -> bool:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from rexec.channel import STANDBY_DORMANT_AFTER
 from rexec.client.outputs import CollectingOutput
 from rexec.errors import CallTimeout
 from rexec.worker.calls import INLINE_AFTER_FAST_CALLS
@@ -52,6 +53,18 @@ def test_a_call_that_turns_slow_in_place_does_not_hold_up_others(session):
     warm_up(session)
     slow = session.submit(thread_name, 3.0)
     time.sleep(0.2)  # the slow call now occupies the I/O thread
+    start = time.monotonic()
+    assert session.call(lambda: 42, timeout=10) == 42
+    waited = time.monotonic() - start
+    assert waited < 1.0, f"a call waited {waited:.2f} s behind a slow in-place call"
+    assert slow.result(timeout=10) == "rexec-worker-io"
+
+
+def test_a_call_that_turns_slow_after_the_worker_idled_does_not_hold_up_others(session):
+    warm_up(session)
+    time.sleep(STANDBY_DORMANT_AFTER + 0.5)  # idle: the standby thread sleeps until woken
+    slow = session.submit(thread_name, 3.0)
+    time.sleep(0.2)
     start = time.monotonic()
     assert session.call(lambda: 42, timeout=10) == 42
     waited = time.monotonic() - start
