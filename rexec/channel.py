@@ -176,7 +176,7 @@ class BrokerChannel:
         self._dispatching.release()
         self._blocked_since = time.monotonic()
         # Read after ``_blocked_since`` is set; the standby announces that it sleeps before it
-        # reads that, so one of the two sees the other (see ``_standby``).
+        # reads that, so one of the two sees the other (see ``_sleep_until_work``).
         if self._standby_dormant:
             self._standby_wake.set()
 

@@ -88,7 +88,7 @@ class Admission:
         self.ended: collections.deque[_Check] = collections.deque()
         # Connections whose hello awaits its check. A hello superseded by a newer one, or a
         # connection dropped meanwhile, is forgotten here, and its late outcome is discarded.
-        self._hellos: dict[bytes, _Check | None] = {}
+        self._hellos: dict[bytes, _Check] = {}
 
     def hello(self, rid: bytes, header: Mapping[str, Any]) -> Decision | None:
         """Decide a ``hello`` now, or None when its token is being checked (see ``finished``)."""
@@ -163,10 +163,8 @@ class Admission:
         try:
             check.future.result()
         except Exception as exc:
-            if isinstance(exc, AuthError) and not isinstance(exc, AuthUnavailable):
+            if not isinstance(_as_auth_error(exc), AuthUnavailable):
                 return Revoked(client.rid, client.user)
-            if not isinstance(exc, AuthError):
-                log.error("token validation crashed: %s", type(exc).__name__)
             # Not known to be revoked: keep the session and ask again soon.
             client.validated_at = time.monotonic() - self._cache_ttl + REVALIDATE_RETRY_SECONDS
             return None
@@ -174,9 +172,16 @@ class Admission:
         return None
 
 
+def _as_auth_error(exc: BaseException) -> AuthError:
+    """What a check's exception means for the client: a refusal, or (for anything else, a crash
+    of the validator, logged here) the identity source being unavailable."""
+    if isinstance(exc, AuthError):
+        return exc
+    log.error("token validation crashed: %s", type(exc).__name__)
+    return AuthUnavailable("token validation failed inside the broker; see its log")
+
+
 def _denied(rid: bytes, exc: BaseException) -> Denied:
-    if not isinstance(exc, AuthError):
-        log.error("token validation crashed: %s", type(exc).__name__)
-        exc = AuthUnavailable("token validation failed inside the broker; see its log")
-    code = p.E_AUTH_UNAVAILABLE if isinstance(exc, AuthUnavailable) else p.E_AUTH_FAILED
-    return Denied(rid, code, str(exc))
+    error = _as_auth_error(exc)
+    code = p.E_AUTH_UNAVAILABLE if isinstance(error, AuthUnavailable) else p.E_AUTH_FAILED
+    return Denied(rid, code, str(error))

@@ -84,7 +84,6 @@ class Session:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
         self._window = RequestWindow()
-        self._pending = self._window.open  # read on every message the I/O thread dispatches
         self._lock = threading.Lock()
         self._welcome = threading.Event()
         self._worker_online = threading.Condition(self._lock)
@@ -205,7 +204,7 @@ class Session:
             info = header.get("worker_info") if header.get("state") == "online" else None
             self._set_worker_info(info)
             return
-        pending = self._pending.get(header.get("id", ""))  # a single dict read needs no lock
+        pending = self._window.open.get(header.get("id", ""))  # one dict read needs no lock
         if pending is not None:
             pending.deliver(header, payload)
 
@@ -588,7 +587,7 @@ class Session:
         self, request_id: str, timeout: float | None, output: OutputHandler
     ) -> tuple[bool, Any]:
         """Ask for the next item: ``(True, item)``, or ``(False, return value)`` at the end."""
-        pending = self._window.get(request_id)
+        pending = self._window.open.get(request_id)
         if pending is None or self._channel is None:
             raise ConnectionLost("the generator's request is no longer active")
         self._channel.send(p.make_next(request_id))
@@ -605,7 +604,7 @@ class Session:
         return False, result_of(header, payload)
 
     def _close_generator(self, request_id: str) -> None:
-        pending = self._window.get(request_id)
+        pending = self._window.open.get(request_id)
         if pending is not None and self._channel is not None and not self._closed:
             self._channel.send(p.make_cancel(request_id))
             self._finish(pending)

@@ -84,9 +84,6 @@ class RequestWindow:
         with self._lock:
             return not pending.sent and self._drop_waiting(pending)
 
-    def get(self, request_id: str) -> Pending | None:
-        return self.open.get(request_id)
-
     def snapshot(self) -> list[Pending]:
         with self._lock:
             return list(self.open.values())
