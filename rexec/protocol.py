@@ -178,7 +178,7 @@ def valid_id(value: object) -> bool:
 
 
 def valid_worker_name(value: object) -> bool:
-    return isinstance(value, str) and _WORKER_NAME_RE.match(value) is not None
+    return isinstance(value, str) and _WORKER_NAME_RE.fullmatch(value) is not None
 
 
 def error_info(code: str, message: str) -> dict[str, str]:

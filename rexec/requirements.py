@@ -178,7 +178,7 @@ def _check_characters(number: int, line: str) -> None:
             number, line, f"characters {' '.join(unsafe)} are not allowed in a requirement"
         )
     for _, value in _QUOTED_RE.findall(line):
-        if not _SAFE_MARKER_VALUE_RE.match(value):
+        if not _SAFE_MARKER_VALUE_RE.fullmatch(value):
             raise RequirementsError(
                 number, line, f"marker value {value!r} is not a plain version or platform name"
             )

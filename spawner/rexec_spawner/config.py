@@ -115,7 +115,7 @@ class ResourceProfile:
     def __post_init__(self) -> None:
         for key in PROFILE_KEYS:
             value = getattr(self, key)
-            if not isinstance(value, str) or not _QUANTITY.match(value):
+            if not isinstance(value, str) or not _QUANTITY.fullmatch(value):
                 raise ConfigError(
                     f"{key} {value!r} is not a Kubernetes quantity; write e.g. '500m', '2', '1Gi'"
                 )
@@ -147,12 +147,12 @@ class KubernetesSettings:
         object.__setattr__(self, "package_index_cidrs", tuple(self.package_index_cidrs))
         if self.kubeconfig is not None:
             object.__setattr__(self, "kubeconfig", Path(self.kubeconfig).expanduser())
-        if not _DNS_LABEL.match(self.release) or len(self.release) > 40:
+        if not _DNS_LABEL.fullmatch(self.release) or len(self.release) > 40:
             raise ConfigError(
                 f"REXEC_K8S_RELEASE {self.release!r} must be 1-40 lowercase letters, digits, '-'"
             )
         prefix = self.namespace_prefix
-        if not re.match(r"^[a-z][-a-z0-9]{0,19}$", prefix):
+        if not re.fullmatch(r"[a-z][-a-z0-9]{0,19}", prefix):
             raise ConfigError(
                 f"REXEC_K8S_NAMESPACE_PREFIX {prefix!r} must start with a letter and hold at "
                 "most 20 lowercase letters, digits and '-' (e.g. 'rexec-u-')"
@@ -177,7 +177,7 @@ class KubernetesSettings:
             raise ConfigError(
                 "set both REXEC_K8S_BROKER_NAMESPACE and REXEC_K8S_BROKER_POD_LABELS, or neither"
             )
-        if not _QUANTITY.match(self.env_volume_size):
+        if not _QUANTITY.fullmatch(self.env_volume_size):
             raise ConfigError(f"REXEC_K8S_ENV_VOLUME_SIZE {self.env_volume_size!r} is not a size")
 
     @property

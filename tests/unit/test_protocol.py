@@ -72,7 +72,7 @@ def test_header_size_is_bounded_when_building():
 
 def test_worker_names_follow_the_dns_label_rule():
     assert p.valid_worker_name("default") and p.valid_worker_name("gpu-2")
-    for bad in ("", "Default", "-x", "x-", "a" * 33, "a/b", "a b"):
+    for bad in ("", "Default", "-x", "x-", "a" * 33, "a/b", "a b", "default\n", "gpu-1\n"):
         assert not p.valid_worker_name(bad)
 
 

@@ -92,7 +92,9 @@ def test_valid_worker_names(name: str) -> None:
     check_worker_name(name)
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a-", "A", "a_b", "a/b", "..", "x" * 33, "é"])
+@pytest.mark.parametrize(
+    "name", ["", "-a", "a-", "A", "a_b", "a/b", "..", "x" * 33, "é", "default\n", "a\n"]
+)
 def test_invalid_worker_names(name: str) -> None:
     assert not valid_worker_name(name)
     with pytest.raises(SpawnError, match="lowercase letters"):
