@@ -9,6 +9,7 @@ Every message says what to do next. The hierarchy::
     ├── ProtocolError          a peer spoke a different or malformed protocol
     ├── PayloadTooLarge        a message over the configured size limit
     ├── SpawnError             the spawner could not provide a worker
+    │   └── WorkerLimitReached the user already has as many workers as allowed
     ├── ConnectionLost         the broker went away while a request was in flight
     ├── WorkerUnavailable      no worker is registered for this user
     │   └── WorkerDied         the worker died while running this request
@@ -48,6 +49,10 @@ class PayloadTooLarge(RexecError):
 
 class SpawnError(RexecError):
     """The spawner could not create or report the worker."""
+
+
+class WorkerLimitReached(SpawnError):
+    """The user already has the most workers the spawner allows one user."""
 
 
 class ConnectionLost(RexecError):

@@ -23,6 +23,8 @@
 ``REXEC_IDLE_TIMEOUT``            seconds a worker may stay idle (no request in flight, none
                                   for that long) before it is deleted; ``0`` = never (default)
 ``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
+``REXEC_MAX_WORKERS_PER_USER``   active workers one user may have at once (default 8;
+                                  ``0`` = no limit)
 ``REXEC_ENV_ALLOW_OPTIONS``       ``1`` lets requirements files carry installer options such as
                                   ``--index-url`` (default off: option lines are refused)
 ``REXEC_ENV_ALLOW_URLS``          ``1`` lets requirements name direct URLs and VCS references
@@ -252,6 +254,7 @@ class SpawnerSettings:
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     env_allow_options: bool = False
     env_allow_urls: bool = False
+    max_workers_per_user: int = 8
 
     @property
     def requirements_policy(self) -> RequirementsPolicy:
@@ -274,6 +277,8 @@ class SpawnerSettings:
             raise ConfigError("the worker command is empty; set REXEC_WORKER_COMMAND or unset it")
         if self.idle_timeout < 0:
             raise ConfigError("REXEC_IDLE_TIMEOUT must be 0 (never cull) or a number of seconds")
+        if self.max_workers_per_user < 0:
+            raise ConfigError("REXEC_MAX_WORKERS_PER_USER must be 0 (no limit) or a count")
         if self.cull_interval <= 0:
             raise ConfigError("REXEC_CULL_INTERVAL must be a positive number of seconds")
         for url, name in (
@@ -319,6 +324,9 @@ class SpawnerSettings:
             "cull_interval": _number(text("REXEC_CULL_INTERVAL"), "REXEC_CULL_INTERVAL", float),
             "env_allow_options": _flag(source, ALLOW_OPTIONS_ENV),
             "env_allow_urls": _flag(source, ALLOW_URLS_ENV),
+            "max_workers_per_user": _number(
+                text("REXEC_MAX_WORKERS_PER_USER"), "REXEC_MAX_WORKERS_PER_USER", int
+            ),
         }
         # Read only for the backend that uses them, so a stray REXEC_K8S_* never breaks local.
         backend = overrides.get("backend") or text("REXEC_SPAWNER_BACKEND")

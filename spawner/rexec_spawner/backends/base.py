@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from rexec.errors import SpawnError
+from rexec.errors import SpawnError, WorkerLimitReached
 from rexec_spawner.names import WORKER_NAME_RULE, valid_worker_name
 
 WorkerState = Literal["starting", "ready", "stopped", "failed"]
@@ -72,6 +72,18 @@ class EnvironmentSpec:
 def check_worker_name(name: str) -> None:
     if not valid_worker_name(name):
         raise SpawnError(f"invalid worker name {name[:40]!r}: {WORKER_NAME_RULE}")
+
+
+def check_worker_limit(active: builtins.list[str], name: str, limit: int) -> None:
+    """Refuse a new worker ``name`` when the user's ``active`` workers already reach ``limit``
+    (0: no limit). A worker that already runs is never refused."""
+    if limit <= 0 or name in active or len(active) < limit:
+        return
+    shown = ", ".join(sorted(active))
+    raise WorkerLimitReached(
+        f"you already have {len(active)} workers ({shown}), the most one user may have; "
+        f"delete one (DELETE /api/v1/workers/NAME) or reuse it"
+    )
 
 
 class WorkerBackend(abc.ABC):
