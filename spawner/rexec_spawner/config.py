@@ -61,6 +61,16 @@ Kubernetes backend (``REXEC_SPAWNER_BACKEND=kubernetes``), read into :class:`Kub
 ``REXEC_K8S_PACKAGE_INDEX_CIDRS``  comma-separated CIDRs workers may reach on TCP 443 to
                                    install environments (e.g. ``0.0.0.0/0``); empty (default):
                                    no egress besides the broker and DNS
+``REXEC_K8S_DNS_NAMESPACE``        namespace of the cluster DNS pods, the only DNS servers
+                                   workers may ask (default ``kube-system``), selected by its
+                                   ``kubernetes.io/metadata.name`` label, which Kubernetes sets
+                                   by itself only from 1.21
+``REXEC_K8S_DNS_NAMESPACE_LABELS`` ``key=value,...`` labels that select the DNS namespace
+                                   instead (for clusters before 1.21: label it yourself)
+``REXEC_K8S_DNS_POD_LABELS``       labels of the cluster DNS pods (default ``k8s-app=kube-dns``,
+                                   which CoreDNS and kube-dns both carry)
+``REXEC_K8S_DNS_CIDRS``            comma-separated CIDRs also allowed on port 53, for DNS that
+                                   is not a pod (e.g. NodeLocal DNSCache ``169.254.20.10/32``)
 ``REXEC_K8S_ENV_VOLUME_SIZE``      size limit of the emptyDir holding environments (``4Gi``)
 =================================  =========================================================
 
@@ -103,6 +113,12 @@ PULL_POLICIES = ("IfNotPresent", "Always", "Never")
 PROFILE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_CIDR = re.compile(r"[0-9a-fA-F.:]+/[0-9]{1,3}")
 
 
 @dataclass(frozen=True)
@@ -143,10 +159,15 @@ class KubernetesSettings:
     broker_pod_labels: Mapping[str, str] = field(default_factory=dict)
     package_index_cidrs: tuple[str, ...] = ()
     env_volume_size: str = "4Gi"
+    dns_namespace: str = "kube-system"
+    dns_namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    dns_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
+    dns_cidrs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "worker_command", tuple(self.worker_command))
         object.__setattr__(self, "package_index_cidrs", tuple(self.package_index_cidrs))
+        object.__setattr__(self, "dns_cidrs", tuple(self.dns_cidrs))
         if self.kubeconfig is not None:
             object.__setattr__(self, "kubeconfig", Path(self.kubeconfig).expanduser())
         if not _DNS_LABEL.fullmatch(self.release) or len(self.release) > 40:
@@ -181,6 +202,29 @@ class KubernetesSettings:
             )
         if not _QUANTITY.fullmatch(self.env_volume_size):
             raise ConfigError(f"REXEC_K8S_ENV_VOLUME_SIZE {self.env_volume_size!r} is not a size")
+        if not _DNS_LABEL.fullmatch(self.dns_namespace) or len(self.dns_namespace) > 63:
+            raise ConfigError(
+                f"REXEC_K8S_DNS_NAMESPACE {self.dns_namespace!r} is not a namespace name; name "
+                "the namespace of the cluster DNS pods (usually kube-system)"
+            )
+        if not self.dns_pod_labels:
+            raise ConfigError(
+                "REXEC_K8S_DNS_POD_LABELS is empty; give the labels of the cluster DNS pods "
+                "(`kubectl -n kube-system get pods --show-labels`), e.g. k8s-app=kube-dns"
+            )
+        for name, labels in (
+            ("REXEC_K8S_DNS_NAMESPACE_LABELS", self.dns_namespace_labels),
+            ("REXEC_K8S_DNS_POD_LABELS", self.dns_pod_labels),
+        ):
+            for key, value in labels.items():
+                if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                    raise ConfigError(
+                        f"{name}: {key}={value} is not a Kubernetes label; keys are "
+                        "[prefix/]name, values at most 63 letters, digits, '-', '_', '.'"
+                    )
+        for cidr in self.dns_cidrs:
+            if not _CIDR.fullmatch(cidr):
+                raise ConfigError(f"REXEC_K8S_DNS_CIDRS: {cidr!r} is not a CIDR like 10.0.0.10/32")
 
     @property
     def worker_profile(self) -> ResourceProfile:
@@ -223,12 +267,14 @@ class KubernetesSettings:
             "node_selector": {str(k): str(v) for k, v in node_selector.items()},
             "broker_namespace": text("REXEC_K8S_BROKER_NAMESPACE"),
             "broker_pod_labels": _labels(text("REXEC_K8S_BROKER_POD_LABELS")),
-            "package_index_cidrs": tuple(
-                part.strip()
-                for part in (text("REXEC_K8S_PACKAGE_INDEX_CIDRS") or "").split(",")
-                if part.strip()
-            ),
+            "package_index_cidrs": _csv(text("REXEC_K8S_PACKAGE_INDEX_CIDRS")),
             "env_volume_size": text("REXEC_K8S_ENV_VOLUME_SIZE"),
+            "dns_namespace": text("REXEC_K8S_DNS_NAMESPACE"),
+            "dns_namespace_labels": _labels(
+                text("REXEC_K8S_DNS_NAMESPACE_LABELS"), "REXEC_K8S_DNS_NAMESPACE_LABELS"
+            ),
+            "dns_pod_labels": _labels(text("REXEC_K8S_DNS_POD_LABELS"), "REXEC_K8S_DNS_POD_LABELS"),
+            "dns_cidrs": _csv(text("REXEC_K8S_DNS_CIDRS")),
         }
         return cls(**{key: value for key, value in values.items() if value is not None})
 
@@ -382,13 +428,17 @@ def _json_object(value: str | None, name: str) -> dict[str, Any]:
     return parsed
 
 
-def _labels(value: str | None) -> dict[str, str] | None:
+def _labels(value: str | None, name: str = "REXEC_K8S_BROKER_POD_LABELS") -> dict[str, str] | None:
     if value is None:
         return None
     labels: dict[str, str] = {}
     for part in value.split(","):
         key, sep, val = part.strip().partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"REXEC_K8S_BROKER_POD_LABELS part {part!r} must look like key=value")
+            raise ConfigError(f"{name} part {part!r} must look like key=value")
         labels[key.strip()] = val.strip()
     return labels
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())

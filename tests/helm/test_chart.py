@@ -100,6 +100,9 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
         (["podSecurityContext.runAsNonRoot=false"], "/podSecurityContext"),
         (["curve.enabeld=false"], "additional properties 'enabeld' not allowed"),
         (["networkPolicy.clientCidrs={everyone}"], "at '/networkPolicy/clientCidrs/0'"),
+        (["worker.dns.namespace=Kube_System"], "at '/worker/dns/namespace'"),
+        (["worker.dns.cidrs={anywhere}"], "at '/worker/dns/cidrs/0'"),
+        (["worker.dns.podLabels.k8s-app=not valid"], "at '/worker/dns/podLabels"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_clear_message(
@@ -169,6 +172,19 @@ def test_workers_and_spawner_are_given_the_in_cluster_service_addresses(
     assert env["REXEC_BROKER_URL"] == f"tcp://rexec-broker-external-ip.{domain}:5559"
 
 
+def test_worker_dns_egress_settings(
+    default_objects: list[dict[str, Any]], full_objects: list[dict[str, Any]]
+) -> None:
+    env = env_of(container(find(default_objects, "Deployment", "rexec-spawner")))
+    assert env["REXEC_K8S_DNS_NAMESPACE"] == "kube-system"
+    unset = ("REXEC_K8S_DNS_NAMESPACE_LABELS", "REXEC_K8S_DNS_POD_LABELS", "REXEC_K8S_DNS_CIDRS")
+    assert not set(unset) & set(env), "the spawner's defaults apply"
+    full = env_of(container(find(full_objects, "Deployment", "rexec-spawner")))
+    assert full["REXEC_K8S_DNS_NAMESPACE_LABELS"] == "rexec.dev/dns=true"
+    assert full["REXEC_K8S_DNS_POD_LABELS"] == "app=coredns,tier=dns"
+    assert full["REXEC_K8S_DNS_CIDRS"] == "169.254.20.10/32"
+
+
 def test_an_explicit_worker_url_replaces_the_in_cluster_one_and_widens_egress(helm: Path) -> None:
     sets = ["broker.workerUrl=tcp://broker.example.org:30002"]
     env = env_of(container(find(render(helm, sets=sets), "Deployment", "rexec-spawner")))
@@ -206,19 +222,24 @@ def test_public_broker_url_is_what_clients_are_told(full_objects: list[dict[str,
 # --- RBAC --------------------------------------------------------------------------------------
 
 
-def backend_rules() -> dict[tuple[str, str], set[str]]:
+Rules = dict[tuple[str, str, tuple[str, ...]], set[str]]
+
+
+def backend_rules() -> Rules:
     """What the spawner's Kubernetes backend calls, from the backend itself."""
     from rexec_spawner.backends.kubernetes.rbac import RBAC_RULES
 
     return rules_of({"rules": RBAC_RULES})
 
 
-def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
-    table: dict[tuple[str, str], set[str]] = {}
+def rules_of(role: dict[str, Any]) -> Rules:
+    """(API group, resource, resource names or ()) -> verbs."""
+    table: Rules = {}
     for rule in role["rules"]:
+        names = tuple(sorted(rule.get("resourceNames") or ()))
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
-                table.setdefault((group, resource), set()).update(rule["verbs"])
+                table.setdefault((group, resource, names), set()).update(rule["verbs"])
     return table
 
 
@@ -228,7 +249,12 @@ def test_spawner_rbac_is_exactly_what_the_backend_uses(helm: Path, which: str) -
     [role] = [o for o in objects if o["kind"] == "ClusterRole"]
     assert rules_of(role) == backend_rules()
     for resource in ("namespaces", "pods", "secrets", "configmaps"):
-        assert "delete" in rules_of(role)[("", resource)], f"the spawner deletes {resource}"
+        assert "delete" in rules_of(role)[("", resource, ())], f"the spawner deletes {resource}"
+    # The namespace-wide objects it keeps up to date are its own by name; only "create" (which
+    # RBAC cannot limit to a name) is granted without one.
+    for (_, resource, names), verbs in rules_of(role).items():
+        if resource in ("networkpolicies", "resourcequotas", "limitranges"):
+            assert names == ("rexec-workers",) or verbs == {"create"}, (resource, verbs)
     for rule in role["rules"]:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
@@ -413,6 +439,9 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.profiles["gpu-small"].memory_limit == "2Gi"  # from the default profile
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
+        assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}
+        assert k8s.dns_pod_labels == {"app": "coredns", "tier": "dns"}
+        assert k8s.dns_cidrs == ("169.254.20.10/32",)
         assert k8s.worker_image == "registry.example.org/rexec/worker:py3.11-test"
         assert settings.auth.allowed_groups == ("rexec-users", "admins")
         assert settings.auth.api_method == "POST"
@@ -421,6 +450,8 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
     else:
         assert k8s.namespace_prefix == "rexec-u-"
         assert k8s.worker_image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"
+        assert k8s.dns_namespace == "kube-system" and k8s.dns_namespace_labels == {}
+        assert k8s.dns_pod_labels == {"k8s-app": "kube-dns"}
         assert settings.env_allow_options is False and settings.env_allow_urls is False
 
 

@@ -202,7 +202,17 @@ def test_network_policy_default_and_narrowed():
         "ingress": [],
         "egress": [
             {"ports": [{"protocol": "TCP", "port": 5560}]},
-            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                        },
+                        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                    }
+                ],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            },
         ],
     }
     narrowed = make_worker_spec(
@@ -210,6 +220,9 @@ def test_network_policy_default_and_narrowed():
             broker_namespace="rexec",
             broker_pod_labels={"app.kubernetes.io/component": "broker"},
             package_index_cidrs=("0.0.0.0/0",),
+            dns_namespace="dns-system",
+            dns_pod_labels={"app": "coredns", "tier": "dns"},
+            dns_cidrs=("169.254.20.10/32",),
         ),
         "alice",
         "default",
@@ -227,10 +240,58 @@ def test_network_policy_default_and_narrowed():
         ],
         "ports": [{"protocol": "TCP", "port": 5560}],
     }
+    assert egress[1] == {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns-system"}},
+                "podSelector": {"matchLabels": {"app": "coredns", "tier": "dns"}},
+            },
+            {"ipBlock": {"cidr": "169.254.20.10/32"}},
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
     assert egress[2] == {
         "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
         "ports": [{"protocol": "TCP", "port": 443}],
     }
+
+
+def test_dns_namespace_can_be_selected_by_labels_on_clusters_before_1_21():
+    """Before 1.21 namespaces have no kubernetes.io/metadata.name label unless given one."""
+    spec = make_worker_spec(
+        settings(dns_namespace_labels={"rexec.dev/dns": "true"}), "alice", "default", "abc"
+    )
+    dns = objects.make_network_policy("rexec", "alice", "ns-a", spec.network)["spec"]["egress"][1]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"rexec.dev/dns": "true"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+
+
+def test_every_egress_rule_names_its_destinations_except_the_unnarrowed_broker():
+    """No rule may open a port to every address, except the broker's port when the operator has
+    not said where the broker runs (the rule the chart always narrows)."""
+    spec = make_worker_spec(settings(), "alice", "default", "abc")
+    egress = objects.make_network_policy("rexec", "alice", "ns", spec.network)["spec"]["egress"]
+    open_rules = [rule for rule in egress if not rule.get("to")]
+    assert open_rules == [{"ports": [{"protocol": "TCP", "port": 5560}]}]
+
+
+def test_stamp_digests_the_manifest_and_ignores_its_own_annotation():
+    spec = make_worker_spec(settings(), "alice", "default", "abc")
+    policy = objects.make_network_policy("rexec", "alice", "ns", spec.network)
+    stamped = objects.stamp(policy)
+    digest = stamped["metadata"]["annotations"]["rexec.dev/spec-hash"]
+    assert re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert "annotations" not in policy["metadata"], "stamp must not change its argument"
+    assert objects.stamped_hash(stamped) == digest == objects.spec_hash(stamped)
+    assert objects.stamp(stamped) == stamped
+    assert objects.stamped_hash(policy) is None
+    other = make_worker_spec(settings(dns_namespace="dns"), "alice", "default", "abc").network
+    changed = objects.stamp(objects.make_network_policy("rexec", "alice", "ns", other))
+    assert objects.stamped_hash(changed) != digest
 
 
 def test_environment_configmap_round_trip_and_garbage():
@@ -331,6 +392,20 @@ def test_kubernetes_settings_from_env():
     assert k8s.broker_pod_labels == {"a": "b", "c": "d"}
     assert k8s.package_index_cidrs == ("10.0.0.0/8", "0.0.0.0/0")
     assert k8s.worker_command == ("/opt/venv/bin/python", "-m", "rexec", "worker")
+    assert k8s.dns_namespace == "kube-system" and k8s.dns_pod_labels == {"k8s-app": "kube-dns"}
+    dns = SpawnerSettings.from_env(
+        {
+            "REXEC_SPAWNER_BACKEND": "kubernetes",
+            "REXEC_K8S_DNS_NAMESPACE": "dns",
+            "REXEC_K8S_DNS_NAMESPACE_LABELS": "rexec.dev/dns=true",
+            "REXEC_K8S_DNS_POD_LABELS": "app=coredns, tier=dns",
+            "REXEC_K8S_DNS_CIDRS": "169.254.20.10/32, 10.0.0.10/32",
+        },
+        signing_key_path=Path("/x"),
+    ).kubernetes
+    assert dns.dns_namespace == "dns" and dns.dns_namespace_labels == {"rexec.dev/dns": "true"}
+    assert dns.dns_pod_labels == {"app": "coredns", "tier": "dns"}
+    assert dns.dns_cidrs == ("169.254.20.10/32", "10.0.0.10/32")
     assert parsed.idle_timeout == 3600 and parsed.activity_url == "tcp://rexec-broker:5559"
     # The local backend ignores REXEC_K8S_*, even broken ones.
     local = SpawnerSettings.from_env({"REXEC_K8S_PROFILES": "{"}, signing_key_path=Path("/x"))
@@ -350,6 +425,11 @@ def test_kubernetes_settings_from_env():
         ({"REXEC_K8S_RUN_AS_USER": "0"}, "non-root"),
         ({"REXEC_K8S_BROKER_NAMESPACE": "rexec"}, "or neither"),
         ({"REXEC_K8S_BROKER_POD_LABELS": "novalue"}, "key=value"),
+        ({"REXEC_K8S_DNS_NAMESPACE": "Kube_System"}, "REXEC_K8S_DNS_NAMESPACE"),
+        ({"REXEC_K8S_DNS_POD_LABELS": "k8s-app"}, "REXEC_K8S_DNS_POD_LABELS part"),
+        ({"REXEC_K8S_DNS_POD_LABELS": "k8s-app=kube dns"}, "is not a Kubernetes label"),
+        ({"REXEC_K8S_DNS_NAMESPACE_LABELS": "a/b/c=1"}, "REXEC_K8S_DNS_NAMESPACE_LABELS"),
+        ({"REXEC_K8S_DNS_CIDRS": "10.0.0.10"}, "REXEC_K8S_DNS_CIDRS"),
     ],
 )
 def test_bad_kubernetes_settings_say_what_to_fix(env, message):

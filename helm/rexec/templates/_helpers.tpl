@@ -167,6 +167,12 @@ securityContext:
 {{/* The broker pods' selector labels as "k=v,k=v" (REXEC_K8S_BROKER_POD_LABELS). */}}
 {{- define "rexec.brokerPodLabelsCsv" -}}
 {{- $labels := include "rexec.selectorLabels" (dict "root" . "component" "broker") | fromYaml -}}
+{{- include "rexec.labelsCsv" $labels -}}
+{{- end -}}
+
+{{/* A label map as the spawner's REXEC_K8S_*_LABELS settings read it: key=value,key=value. */}}
+{{- define "rexec.labelsCsv" -}}
+{{- $labels := . -}}
 {{- $pairs := list -}}
 {{- range $key := keys $labels | sortAlpha -}}
 {{- $pairs = append $pairs (printf "%s=%s" $key (index $labels $key)) -}}

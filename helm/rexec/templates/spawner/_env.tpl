@@ -70,6 +70,20 @@
 - name: REXEC_K8S_BROKER_POD_LABELS
   value: {{ include "rexec.brokerPodLabelsCsv" . | quote }}
 {{- end }}
+- name: REXEC_K8S_DNS_NAMESPACE
+  value: {{ .Values.worker.dns.namespace | quote }}
+{{- if .Values.worker.dns.namespaceLabels }}
+- name: REXEC_K8S_DNS_NAMESPACE_LABELS
+  value: {{ include "rexec.labelsCsv" .Values.worker.dns.namespaceLabels | quote }}
+{{- end }}
+{{- if .Values.worker.dns.podLabels }}
+- name: REXEC_K8S_DNS_POD_LABELS
+  value: {{ include "rexec.labelsCsv" .Values.worker.dns.podLabels | quote }}
+{{- end }}
+{{- if .Values.worker.dns.cidrs }}
+- name: REXEC_K8S_DNS_CIDRS
+  value: {{ join "," .Values.worker.dns.cidrs | quote }}
+{{- end }}
 {{- if .Values.worker.environments.packageIndexCidrs }}
 - name: REXEC_K8S_PACKAGE_INDEX_CIDRS
   value: {{ join "," .Values.worker.environments.packageIndexCidrs | quote }}

@@ -44,6 +44,7 @@ from rexec_spawner.backends.kubernetes.client import (
     AlreadyExists,
     Forbidden,
     KubeApi,
+    NotFound,
     make_api_client,
 )
 from rexec_spawner.backends.kubernetes.readiness import PodAssessment, assess_pod
@@ -228,7 +229,7 @@ class KubernetesBackend(WorkerBackend):
             try:
                 await self.api.create(manifest)
             except AlreadyExists:
-                await self.api.replace_configmap(manifest)
+                await self.api.replace(manifest)
 
     async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
         check_worker_name(name)
@@ -280,10 +281,32 @@ class KubernetesBackend(WorkerBackend):
                     f"{NAMESPACE_TIMEOUT:g} s; try again later"
                 )
             await asyncio.sleep(self.poll_interval)
-        policy = objects.make_network_policy(self.k8s.release, user, namespace, self._network)
-        if await self.api.read_network_policy(namespace, naming.NETWORK_POLICY_NAME) is None:
-            with contextlib.suppress(AlreadyExists):
-                await self.api.create(policy)
+        await self._apply(
+            objects.make_network_policy(self.k8s.release, user, namespace, self._network)
+        )
+
+    async def _apply(self, manifest: Json) -> None:
+        """Create a namespace-wide object (``rexec-workers``), or replace the one there when it
+        differs from what this spawner makes now, so that a spawner upgrade or a settings change
+        reaches namespaces made before it. Objects are compared by their spec-hash annotation."""
+        desired = objects.stamp(manifest)
+        kind, meta = desired["kind"], desired["metadata"]
+        found = await self.api.read(kind, meta["namespace"], meta["name"])
+        if found is None:
+            try:
+                await self.api.create(desired)
+                return
+            except AlreadyExists:
+                # Made between the read and the create (by a previous spawner's request, say);
+                # fall through and replace it if it differs.
+                found = await self.api.read(kind, meta["namespace"], meta["name"])
+        if found is not None and objects.stamped_hash(found) == objects.stamped_hash(desired):
+            return
+        try:
+            await self.api.replace(desired)
+        except NotFound:
+            await self.api.create(desired)  # gone since the read: make it again
+        log.info("updated %s %s/%s to the current settings", kind, meta["namespace"], meta["name"])
 
     async def _start(self, user: str, name: str, namespace: str) -> WorkerRecord:
         await self._ensure_namespace(user, namespace)

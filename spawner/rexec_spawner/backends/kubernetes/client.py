@@ -104,11 +104,19 @@ class KubeApi:
         result: Json = await self._call(what, creators[kind], *args)
         return result
 
-    async def replace_configmap(self, manifest: Json) -> Json:
+    async def replace(self, manifest: Json) -> Json:
+        """Overwrite a namespaced object (no resourceVersion: the spawner's copy wins).
+
+        Raises :class:`NotFound` if it is not there (any more)."""
+        kind = manifest["kind"]
         meta = manifest["metadata"]
+        replacers: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.replace_namespaced_config_map,
+            "NetworkPolicy": self.networking.replace_namespaced_network_policy,
+        }
         result: Json = await self._call(
-            f"update ConfigMap {meta['namespace']}/{meta['name']}",
-            self.core.replace_namespaced_config_map,
+            f"update {kind} {meta['namespace']}/{meta['name']}",
+            replacers[kind],
             meta["name"],
             meta["namespace"],
             manifest,
@@ -125,13 +133,13 @@ class KubeApi:
             f"read Pod {namespace}/{name}", self.core.read_namespaced_pod, name, namespace
         )
 
-    async def read_network_policy(self, namespace: str, name: str) -> Json | None:
-        return await self._maybe(
-            f"read NetworkPolicy {namespace}/{name}",
-            self.networking.read_namespaced_network_policy,
-            name,
-            namespace,
-        )
+    async def read(self, kind: str, namespace: str, name: str) -> Json | None:
+        """One namespaced object, or None if it is not there."""
+        readers: dict[str, Callable[..., Any]] = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
+        }
+        return await self._maybe(f"read {kind} {namespace}/{name}", readers[kind], name, namespace)
 
     async def read_configmap(self, namespace: str, name: str) -> Json | None:
         return await self._maybe(

@@ -11,19 +11,30 @@ expected dicts. The worker pod
 * reads its one-user credential from a Secret mounted as a file; the credential is never in the
   pod spec or an environment variable;
 * opens no port: it connects out to the broker, and the namespace's NetworkPolicy refuses all
-  ingress and allows egress only to the broker's backend port, DNS and (if configured) package
-  indexes on HTTPS.
+  ingress and allows egress only to the broker's backend port, the cluster DNS pods on port 53
+  and (if configured) package indexes on HTTPS.
+
+:func:`stamp` adds a digest of a manifest to it, so the backend can tell that an object made by
+an older spawner (or with other settings) differs from what it would make now, and replace it.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import hashlib
 import json
 from typing import Any
 
 from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes import naming
-from rexec_spawner.backends.kubernetes.spec import DNS_PORT, HTTPS_PORT, NetworkSpec, WorkerSpec
+from rexec_spawner.backends.kubernetes.spec import (
+    DNS_PORT,
+    HTTPS_PORT,
+    NAMESPACE_NAME_LABEL,
+    NetworkSpec,
+    WorkerSpec,
+)
 
 Manifest = dict[str, Any]
 
@@ -49,12 +60,13 @@ def make_namespace(release: str, user: str, name: str) -> Manifest:
 
 
 def make_network_policy(release: str, user: str, namespace: str, network: NetworkSpec) -> Manifest:
-    """No ingress at all; egress to the broker backend port, DNS and optional package indexes."""
+    """No ingress at all; egress to the broker backend port, the cluster DNS pods (and
+    ``dns_cidrs``) on port 53 and optional package indexes on HTTPS."""
     if network.broker_namespace and network.broker_pod_labels:
         broker_peer: list[Manifest] = [
             {
                 "namespaceSelector": {
-                    "matchLabels": {"kubernetes.io/metadata.name": network.broker_namespace}
+                    "matchLabels": {NAMESPACE_NAME_LABEL: network.broker_namespace}
                 },
                 "podSelector": {"matchLabels": dict(network.broker_pod_labels)},
             }
@@ -65,9 +77,24 @@ def make_network_policy(release: str, user: str, namespace: str, network: Networ
         }
     else:
         broker_rule = {"ports": [{"protocol": "TCP", "port": network.broker_port}]}
+    # Port 53 to any address would be a way out for anything that speaks UDP or TCP on port 53
+    # (DNS tunnels, a server of one's own): only the cluster's DNS pods answer workers.
+    dns_peers: list[Manifest] = [
+        {
+            "namespaceSelector": {"matchLabels": dict(network.dns_namespace_labels)},
+            "podSelector": {"matchLabels": dict(network.dns_pod_labels)},
+        },
+        *({"ipBlock": {"cidr": cidr}} for cidr in network.dns_cidrs),
+    ]
     egress = [
         broker_rule,
-        {"ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]},
+        {
+            "to": dns_peers,
+            "ports": [
+                {"protocol": "UDP", "port": DNS_PORT},
+                {"protocol": "TCP", "port": DNS_PORT},
+            ],
+        },
     ]
     if network.package_index_cidrs:
         egress.append(
@@ -236,3 +263,35 @@ def make_worker_pod(spec: WorkerSpec) -> Manifest:
         },
         "spec": pod_spec,
     }
+
+
+def stamp(manifest: Manifest) -> Manifest:
+    """A copy of ``manifest`` annotated with a digest of its content (``rexec.dev/spec-hash``).
+
+    The API server adds defaults and normalizes quantities, so an object read back never equals
+    the manifest it was made from; the digest it keeps does, as long as the spawner would make
+    the same object.
+    """
+    stamped = copy.deepcopy(manifest)
+    metadata = stamped.setdefault("metadata", {})
+    metadata.setdefault("annotations", {})[naming.ANNOTATION_SPEC_HASH] = spec_hash(manifest)
+    return stamped
+
+
+def spec_hash(manifest: Manifest) -> str:
+    """The digest :func:`stamp` writes: of the manifest without that annotation."""
+    content = copy.deepcopy(manifest)
+    metadata = content.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    annotations.pop(naming.ANNOTATION_SPEC_HASH, None)
+    if not annotations:
+        metadata.pop("annotations", None)
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def stamped_hash(obj: Manifest) -> str | None:
+    """The digest an object read from the cluster carries, or None."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(naming.ANNOTATION_SPEC_HASH)
+    return str(value) if value is not None else None

@@ -3,11 +3,17 @@
 A ClusterRole because the backend creates and deletes per-user namespaces, which are
 cluster-scoped. The k8s test tier runs the backend with a ServiceAccount bound to exactly these
 rules, so a call that needs more fails there; the Helm chart's ClusterRole must match.
+
+A ClusterRole applies in every namespace, so what the backend only does to objects of its own
+name (``rexec-workers``) is granted for that name only: RBAC can limit get, update and delete to
+names, not create.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from rexec_spawner.backends.kubernetes.naming import NETWORK_POLICY_NAME
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create", "delete"]},
@@ -19,9 +25,11 @@ RBAC_RULES: list[dict[str, Any]] = [
         "verbs": ["get", "create", "update", "delete"],
     },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
     {
         "apiGroups": ["networking.k8s.io"],
         "resources": ["networkpolicies"],
-        "verbs": ["get", "create"],
+        "resourceNames": [NETWORK_POLICY_NAME],
+        "verbs": ["get", "update"],
     },
 ]

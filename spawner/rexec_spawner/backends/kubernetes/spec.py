@@ -17,16 +17,22 @@ from rexec_spawner.config import ResourceProfile, SpawnerSettings
 
 DNS_PORT = 53
 HTTPS_PORT = 443
+# Set on every namespace by Kubernetes itself from 1.21 on; before that only if someone did.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Where a user's workers may connect to: the broker's backend port, DNS, package indexes."""
+    """Where a user's workers may connect to: the broker's backend port, the cluster DNS pods
+    (and ``dns_cidrs``) on port 53, package indexes on HTTPS."""
 
     broker_port: int
     broker_namespace: str | None = None
     broker_pod_labels: tuple[tuple[str, str], ...] = ()
     package_index_cidrs: tuple[str, ...] = ()
+    dns_namespace_labels: tuple[tuple[str, str], ...] = ((NAMESPACE_NAME_LABEL, "kube-system"),)
+    dns_pod_labels: tuple[tuple[str, str], ...] = (("k8s-app", "kube-dns"),)
+    dns_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,11 @@ def make_network_spec(settings: SpawnerSettings) -> NetworkSpec:
         broker_namespace=k8s.broker_namespace,
         broker_pod_labels=tuple(sorted(k8s.broker_pod_labels.items())),
         package_index_cidrs=k8s.package_index_cidrs,
+        dns_namespace_labels=tuple(
+            sorted((k8s.dns_namespace_labels or {NAMESPACE_NAME_LABEL: k8s.dns_namespace}).items())
+        ),
+        dns_pod_labels=tuple(sorted(k8s.dns_pod_labels.items())),
+        dns_cidrs=k8s.dns_cidrs,
     )
 
 
