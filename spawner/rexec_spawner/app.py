@@ -4,8 +4,11 @@ Every route except ``/healthz`` needs ``Authorization: Bearer <token>``; the use
 the validated token, so a user sees and affects only their own workers. Token validation runs in
 a thread pool on a cache miss, so a slow identity provider never blocks other requests.
 
+Requests that carry a body are authenticated before any of it is read, and bodies are capped
+(``REXEC_SPAWNER_MAX_BODY_BYTES``): see :mod:`rexec_spawner.body_guard`.
+
 Status codes: 401 missing or refused token, 403 user not in an allowed group, 404 no such worker,
-422 invalid worker name, 503 identity provider or spawner unavailable.
+413 body over the cap, 422 invalid worker name, 503 identity provider or spawner unavailable.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
-from rexec.auth import CachingValidator, Identity, NotInAllowedGroup, make_validator
+from rexec.auth import CachingValidator, Identity, make_validator
 from rexec.credentials import load_key
-from rexec.errors import AuthError, AuthUnavailable, ConfigError, SpawnError
+from rexec.errors import ConfigError, SpawnError
 from rexec_spawner.activity import BrokerActivity
+from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate
 from rexec_spawner.backends import WorkerBackend, make_backend
+from rexec_spawner.body_guard import BodyGuard
 from rexec_spawner.config import SpawnerSettings
 from rexec_spawner.culling import IdleCuller
 from rexec_spawner.models import BrokerInfo, Deleted, ErrorMessage, Health, WhoAmI, WorkerStatus
@@ -48,27 +52,6 @@ _NAME_ERRORS: dict[int | str, dict[str, object]] = {
     **_AUTH_ERRORS,
     422: {"model": ErrorMessage, "description": "invalid worker name"},
 }
-
-
-def _unauthorized(message: str, error: str | None = None) -> HTTPException:
-    challenge = f'Bearer error="{error}"' if error else "Bearer"
-    return HTTPException(401, detail=message, headers={"WWW-Authenticate": challenge})
-
-
-def _bearer_token(header: str | None) -> str:
-    """The token in an ``Authorization`` header; 401 with the fix if there is none."""
-    if not header:
-        raise _unauthorized(
-            "no token: send the header `Authorization: Bearer <token>` (run `rexec up` for a "
-            "local token, or log in to your identity provider)"
-        )
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise _unauthorized(
-            "malformed Authorization header: it must be `Bearer <token>`", "invalid_request"
-        )
-    return token
 
 
 def _load_signing_key(settings: SpawnerSettings) -> bytes:
@@ -105,6 +88,9 @@ async def _caller(
     _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Identity:
     # The scheme object only documents the header in OpenAPI; the raw header gives precise errors.
+    checked: Identity | None = getattr(request.state, IDENTITY_STATE_KEY, None)
+    if checked is not None:
+        return checked  # validated by the body guard before the body was read
     services: _Services = request.app.state.rexec
     return await authenticate(services.validator, request.headers.get("authorization"))
 
@@ -222,6 +208,7 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     app.state.settings = settings
     app.state.rexec = _Services(workers, validator, broker)
     app.add_exception_handler(SpawnError, _spawn_error)
+    app.add_middleware(BodyGuard, validator=validator, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     from rexec_spawner.environments import router as environments  # imports this module
 
@@ -230,20 +217,3 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
 
     app.include_router(worker_logs)
     return app
-
-
-async def authenticate(validator: CachingValidator, header: str | None) -> Identity:
-    """The identity behind an ``Authorization`` header, or the HTTPException to answer with."""
-    token = _bearer_token(header)
-    cached = validator.peek(token)
-    if cached is not None:
-        return cached
-    try:
-        return await run_in_threadpool(validator.validate, token)
-    except AuthUnavailable as exc:
-        log.warning("cannot validate a token: %s", exc)
-        raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from None
-    except NotInAllowedGroup as exc:
-        raise HTTPException(403, detail=str(exc)) from None
-    except AuthError as exc:
-        raise _unauthorized(str(exc), "invalid_token") from None

@@ -25,6 +25,8 @@
 ``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
 ``REXEC_MAX_WORKERS_PER_USER``   active workers one user may have at once (default 8;
                                   ``0`` = no limit)
+``REXEC_SPAWNER_MAX_BODY_BYTES``  the largest request body the API reads, in bytes (default
+                                  1048576 = 1 MiB); larger ones get 413
 ``REXEC_ENV_ALLOW_OPTIONS``       ``1`` lets requirements files carry installer options such as
                                   ``--index-url`` (default off: option lines are refused)
 ``REXEC_ENV_ALLOW_URLS``          ``1`` lets requirements name direct URLs and VCS references
@@ -99,6 +101,8 @@ BACKENDS = ("local", "kubernetes")
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5559"
 DEFAULT_BROKER_BACKEND_URL = "tcp://127.0.0.1:5560"
 SIGNING_KEY_NAME = "signing.key"
+# The largest legitimate body is a 64 KiB requirements file; JSON escaping can grow it a few times.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 def default_data_dir() -> Path:
@@ -301,6 +305,7 @@ class SpawnerSettings:
     env_allow_options: bool = False
     env_allow_urls: bool = False
     max_workers_per_user: int = 8
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @property
     def requirements_policy(self) -> RequirementsPolicy:
@@ -325,6 +330,11 @@ class SpawnerSettings:
             raise ConfigError("REXEC_IDLE_TIMEOUT must be 0 (never cull) or a number of seconds")
         if self.max_workers_per_user < 0:
             raise ConfigError("REXEC_MAX_WORKERS_PER_USER must be 0 (no limit) or a count")
+        if self.max_body_bytes <= 0:
+            raise ConfigError(
+                "REXEC_SPAWNER_MAX_BODY_BYTES must be a positive number of bytes "
+                f"(default {DEFAULT_MAX_BODY_BYTES})"
+            )
         if self.cull_interval <= 0:
             raise ConfigError("REXEC_CULL_INTERVAL must be a positive number of seconds")
         for url, name in (
@@ -372,6 +382,9 @@ class SpawnerSettings:
             "env_allow_urls": _flag(source, ALLOW_URLS_ENV),
             "max_workers_per_user": _number(
                 text("REXEC_MAX_WORKERS_PER_USER"), "REXEC_MAX_WORKERS_PER_USER", int
+            ),
+            "max_body_bytes": _number(
+                text("REXEC_SPAWNER_MAX_BODY_BYTES"), "REXEC_SPAWNER_MAX_BODY_BYTES", int
             ),
         }
         # Read only for the backend that uses them, so a stray REXEC_K8S_* never breaks local.

@@ -46,6 +46,7 @@ async def _python_of(services: Services, user: str, name: str) -> str:
     "/api/v1/workers/{name}/environment",
     responses={
         **_NAME_ERRORS,
+        413: {"model": ErrorMessage, "description": "requirements or request body too large"},
         422: {"model": RequirementsRejected, "description": "a requirements line was refused"},
     },
     response_model=EnvironmentStatus,

@@ -66,6 +66,16 @@ def test_bad_settings_say_what_to_fix(env: dict[str, str], message: str) -> None
         SpawnerSettings.from_env(env)
 
 
+def test_the_body_cap_is_read_from_the_environment() -> None:
+    assert SpawnerSettings.from_env({}).max_body_bytes == 1024 * 1024
+    assert SpawnerSettings.from_env({"REXEC_SPAWNER_MAX_BODY_BYTES": "4096"}).max_body_bytes == 4096
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match="REXEC_SPAWNER_MAX_BODY_BYTES must be a positive"):
+            SpawnerSettings.from_env({"REXEC_SPAWNER_MAX_BODY_BYTES": bad})
+    with pytest.raises(ConfigError, match="REXEC_SPAWNER_MAX_BODY_BYTES must be a number"):
+        SpawnerSettings.from_env({"REXEC_SPAWNER_MAX_BODY_BYTES": "1M"})
+
+
 def test_command_line_overrides_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
