@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError, SpawnError
 from rexec_spawner.backends.base import ProgressEvent, WorkerRecord, check_worker_name
+from rexec_spawner.backends.worker_status import MAX_EXTRA_FIELDS, is_python_minor, parse_status
 from rexec_spawner.cli import make_parser, settings_from_args
 from rexec_spawner.config import SpawnerSettings
 from rexec_spawner.models import BrokerInfo, WorkerStatus
@@ -144,3 +146,40 @@ def test_worker_status_from_record() -> None:
         "created_at": 1.0,
         "broker": {"url": "tcp://b:1", "public_key": None},
     }
+
+
+def test_status_reports_keep_only_checked_fields() -> None:
+    good = {"state": "registered", "pid": 7, "python_minor": "3.11", "env_id": "base", "x": 1}
+    report = parse_status(json.dumps(good).encode())
+    assert report.readable and report.state == "registered" and not report.problems
+    assert report.info == {"pid": 7, "python_minor": "3.11", "env_id": "base", "x": 1}
+
+    hostile = {
+        "state": ["registered"],
+        "pid": True,
+        "python_minor": "3.11; rm -rf ~",
+        "host": "h" * 10_000,
+        "nested": {"a": 1},
+        **{f"k{i}": i for i in range(100)},
+    }
+    report = parse_status(json.dumps(hostile).encode())
+    assert report.readable and report.state is None
+    assert {"state", "pid", "python_minor", "host", "other"} <= set(report.problems)
+    assert "rm -rf" not in " ".join(report.problems.values())
+    assert not {"pid", "python_minor", "host", "nested"} & set(report.info)
+    assert len(report.info) == MAX_EXTRA_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [(b"[" * 5000, "json"), (b"\xff", "encoding"), (b"[]", "shape"), (b"NaN", "shape")],
+)
+def test_unusable_status_files_are_refused_whole(data: bytes, kind: str) -> None:
+    report = parse_status(data)
+    assert not report.readable and set(report.problems) == {kind}
+
+
+def test_python_minor_versions() -> None:
+    assert is_python_minor("3.11") and is_python_minor("3.9")
+    for bad in ("3", "3.11.7", "3.11\n", " 3.11", "3.11; x", 3.11, None, {"3": 11}):
+        assert not is_python_minor(bad)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from rexec.errors import SpawnError, WorkerLimitReached
+from rexec_spawner.backends.worker_status import is_python_minor
 from rexec_spawner.names import WORKER_NAME_RULE, valid_worker_name
 
 WorkerState = Literal["starting", "ready", "stopped", "failed"]
@@ -140,4 +141,5 @@ class WorkerBackend(abc.ABC):
         environment ids depend on; None if unknown. The default asks the running worker."""
         record = await self.get(user, name)
         version = record.info.get("python_minor") if record is not None else None
-        return str(version) if version else None
+        # Reported by the worker, which runs user code: only a real version is believed.
+        return version if is_python_minor(version) else None

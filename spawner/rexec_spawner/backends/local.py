@@ -5,7 +5,9 @@ Per (user, worker name) there is a directory ``<data dir>/workers/<user dir>/<na
 * ``credential`` (0600) — the one-user credential the broker checks; the worker learns its path
   from ``REXEC_WORKER_CREDENTIAL_FILE``, never from its command line, which others can read;
 * ``status.json`` — written by the worker: ``connecting``, ``registered``, ``stopping``, plus
-  its pid and versions; the backend turns it into progress messages;
+  its pid and versions; the backend turns it into progress messages. User code in the worker can
+  write anything there, so it is read through :mod:`.worker_status`, which keeps only fields of
+  the expected type and size;
 * ``worker.log`` (0600) — the worker's stdout and stderr (``worker.log.1`` is the previous run);
 * ``environment.json`` — the environment set for this worker (``set_environment``), kept across
   restarts of the worker and of the spawner; every worker started afterwards gets its variables.
@@ -52,6 +54,8 @@ from rexec_spawner.backends.base import (
     WorkerState,
     check_worker_name,
 )
+from rexec_spawner.backends.worker_files import UnreadableFile, open_worker_file, read_worker_file
+from rexec_spawner.backends.worker_status import ENV_ID, is_python_minor, read_status
 from rexec_spawner.config import SpawnerSettings
 from rexec_spawner.names import make_user_dir_name
 
@@ -66,8 +70,12 @@ _WITHHELD_ENV = frozenset(
 MAX_PROGRESS_EVENTS = 100
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
+# What the log API reads at most for one answer (10,000 lines of up to ~800 bytes).
+MAX_LOG_READ_BYTES = 8 * 1024 * 1024
 ENV_ROOT_ENV = "REXEC_ENV_ROOT"
 ENVIRONMENT_FILE = "environment.json"
+# Well above what the spawner writes (at most 64 KiB of requirements, escaped as JSON).
+MAX_ENVIRONMENT_BYTES = 512 * 1024
 PYTHON_PROBE_TIMEOUT = 10.0
 
 
@@ -93,7 +101,9 @@ class _LocalWorker:
     # Set while the backend itself stops the process, which then explains the outcome.
     stopping: bool = False
     reported_state: str | None = None
-    status_signature: tuple[int, int] | None = None
+    status_signature: tuple[int, int, int] | None = None
+    # Kinds of status file problems already logged: each is logged once per worker.
+    status_problems: set[str] = field(default_factory=set)
 
     @property
     def credential_path(self) -> Path:
@@ -277,7 +287,10 @@ class LocalBackend(WorkerBackend):
                     timeout=PYTHON_PROBE_TIMEOUT,
                     check=True,
                 )
-                return done.stdout.strip()
+                version = done.stdout.strip()
+                if is_python_minor(version):
+                    return version
+                log.warning("%s printed no Python version; assuming the spawner's", program)
             except (OSError, subprocess.SubprocessError):
                 log.warning("cannot ask %s for its Python version; assuming the spawner's", program)
         return "{}.{}".format(*sys.version_info[:2])
@@ -397,23 +410,34 @@ class LocalBackend(WorkerBackend):
 
     def _read_status(self, worker: _LocalWorker) -> None:
         try:
-            stat = worker.status_path.stat()
-            signature = (stat.st_mtime_ns, stat.st_size)
-            if signature == worker.status_signature:
-                return
-            status = json.loads(worker.status_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            # Not written yet, or caught mid-write: the next poll reads it.
+            stat = worker.status_path.lstat()
+        except OSError:
+            return  # not written yet
+        signature = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if signature == worker.status_signature:
             return
-        if not isinstance(status, dict):
-            return
+        report = read_status(worker.status_path)
+        if report is None:
+            return  # removed since: the next poll looks again
         worker.status_signature = signature
-        worker.info = {key: value for key, value in status.items() if key != "state"}
-        reported = status.get("state")
+        for kind, problem in report.problems.items():
+            if kind not in worker.status_problems:
+                worker.status_problems.add(kind)
+                log.warning(
+                    "worker %r of user %r: ignoring %s in its status file %s",
+                    worker.name,
+                    worker.user,
+                    problem,
+                    worker.status_path,
+                )
+        if not report.readable:
+            return
+        worker.info = report.info
+        reported = report.state
         if reported == worker.reported_state:
             return
         previous = worker.reported_state
-        worker.reported_state = reported if isinstance(reported, str) else None
+        worker.reported_state = reported
         if reported == "connecting" and previous == "restarting":
             worker.note("worker restarted in its new environment; connecting to the broker")
         elif reported == "connecting":
@@ -431,7 +455,7 @@ class LocalBackend(WorkerBackend):
             worker.state = "starting"
             worker.note("worker restarting into another environment (its variables are gone)")
         elif reported == "building":
-            worker.note(f"building environment {status.get('env_id', '?')} before connecting")
+            worker.note(f"building environment {report.info.get('env_id', '?')} before connecting")
         elif reported == "stopping":
             worker.note("worker is stopping")
 
@@ -471,11 +495,11 @@ class LocalBackend(WorkerBackend):
 
     def _log_tail(self, worker: _LocalWorker) -> str:
         try:
-            with worker.log_path.open("rb") as handle:
+            with os.fdopen(open_worker_file(worker.log_path), "rb") as handle:
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
-                data = handle.read()
-        except OSError:
+                data = handle.read(LOG_TAIL_BYTES)
+        except (OSError, UnreadableFile):
             return f"no log at {worker.log_path}"
         lines = data.decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
         if not lines:
@@ -509,14 +533,26 @@ class LocalBackend(WorkerBackend):
 
 
 def _read_environment(path: Path) -> EnvironmentSpec | None:
+    # The spawner writes this file, but it lies in the worker's directory, where the worker can
+    # rewrite it: it is read as bounded, untrusted input too.
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return EnvironmentSpec(str(data["env_id"]), tuple(str(r) for r in data["requirements"]))
+        data = json.loads(read_worker_file(path, MAX_ENVIRONMENT_BYTES).decode("utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, UnreadableFile, ValueError, RecursionError) as exc:
         log.warning("ignoring the unreadable environment file %s: %s", path, exc)
         return None
+    env_id = data.get("env_id") if isinstance(data, dict) else None
+    requirements = data.get("requirements") if isinstance(data, dict) else None
+    if (
+        not isinstance(env_id, str)
+        or not ENV_ID.fullmatch(env_id)
+        or not isinstance(requirements, list)
+        or not all(isinstance(line, str) for line in requirements)
+    ):
+        log.warning("ignoring the environment file %s: it does not hold an environment", path)
+        return None
+    return EnvironmentSpec(env_id, tuple(requirements))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -543,16 +579,24 @@ async def _wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def _read_tail(path: Path, lines: int, chunk: int = 64 * 1024) -> str | None:
-    """The last ``lines`` lines of ``path`` (read backwards, so a huge log costs little)."""
+    """The last ``lines`` lines of ``path``, read backwards and at most ``MAX_LOG_READ_BYTES``
+    of it, so a huge log, or one the worker wrote without line breaks, costs little."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            end = position = handle.tell()
-            data = b""
-            while position > 0 and data.count(b"\n") <= lines:
-                position = max(0, position - chunk)
-                handle.seek(position)
-                data = handle.read(end - position)
+        fd = open_worker_file(path)
     except FileNotFoundError:
         return None
+    except (OSError, UnreadableFile) as exc:
+        raise SpawnError(f"cannot show the worker's log {path}: {exc}") from None
+    pieces: list[bytes] = []
+    newlines = 0
+    with os.fdopen(fd, "rb") as handle:
+        end = position = handle.seek(0, os.SEEK_END)
+        while position > 0 and newlines <= lines and end - position < MAX_LOG_READ_BYTES:
+            size = min(chunk, position, MAX_LOG_READ_BYTES - (end - position))
+            position -= size
+            handle.seek(position)
+            piece = handle.read(size)
+            pieces.append(piece)
+            newlines += piece.count(b"\n")
+    data = b"".join(reversed(pieces))
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
