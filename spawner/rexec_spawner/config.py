@@ -35,46 +35,62 @@
 
 Kubernetes backend (``REXEC_SPAWNER_BACKEND=kubernetes``), read into :class:`KubernetesSettings`:
 
-=================================  =========================================================
-``REXEC_K8S_KUBECONFIG``           kubeconfig file; unset: the pod's service account when
-                                   running in a cluster, else ``$KUBECONFIG``/``~/.kube/config``
-``REXEC_K8S_RELEASE``              names this spawner's objects (label ``rexec.dev/release``),
-                                   so two releases in one cluster never adopt each other's
-                                   (default ``rexec``)
-``REXEC_K8S_NAMESPACE_PREFIX``     prefix of the per-user namespaces (default ``rexec-u-``)
-``REXEC_K8S_WORKER_IMAGE``         worker image (default ``rexec-worker:latest``)
-``REXEC_K8S_IMAGE_PULL_POLICY``    ``IfNotPresent`` (default), ``Always`` or ``Never``
-``REXEC_K8S_WORKER_COMMAND``       worker container command, split like a shell would
-                                   (default ``python -m rexec worker``)
-``REXEC_K8S_RUN_AS_USER``          uid (and gid) of the worker container (default 1000)
-``REXEC_K8S_CPU_REQUEST``          CPU request of the ``default`` profile (default ``100m``)
-``REXEC_K8S_CPU_LIMIT``            CPU limit of the ``default`` profile (default ``1``)
-``REXEC_K8S_MEMORY_REQUEST``       memory request of the ``default`` profile (``256Mi``)
-``REXEC_K8S_MEMORY_LIMIT``         memory limit of the ``default`` profile (``1Gi``)
-``REXEC_K8S_PROFILES``             JSON: more named profiles, e.g. ``{"large": {"cpu_request":
-                                   "2", "cpu_limit": "4", "memory_request": "8Gi",
-                                   "memory_limit": "8Gi"}}`` (missing keys: the default's)
-``REXEC_K8S_PROFILE``              the profile workers get (default ``default``)
-``REXEC_K8S_NODE_SELECTOR``        JSON object: nodeSelector of worker pods (default none)
-``REXEC_K8S_BROKER_NAMESPACE``     namespace of the broker pods; with the next one, narrows
-                                   worker egress to those pods (default: any destination on
-                                   the broker backend port)
-``REXEC_K8S_BROKER_POD_LABELS``    labels of the broker pods, ``key=value,key=value``
-``REXEC_K8S_PACKAGE_INDEX_CIDRS``  comma-separated CIDRs workers may reach on TCP 443 to
-                                   install environments (e.g. ``0.0.0.0/0``); empty (default):
-                                   no egress besides the broker and DNS
-``REXEC_K8S_DNS_NAMESPACE``        namespace of the cluster DNS pods, the only DNS servers
-                                   workers may ask (default ``kube-system``), selected by its
-                                   ``kubernetes.io/metadata.name`` label, which Kubernetes sets
-                                   by itself only from 1.21
-``REXEC_K8S_DNS_NAMESPACE_LABELS`` ``key=value,...`` labels that select the DNS namespace
-                                   instead (for clusters before 1.21: label it yourself)
-``REXEC_K8S_DNS_POD_LABELS``       labels of the cluster DNS pods (default ``k8s-app=kube-dns``,
-                                   which CoreDNS and kube-dns both carry)
-``REXEC_K8S_DNS_CIDRS``            comma-separated CIDRs also allowed on port 53, for DNS that
-                                   is not a pod (e.g. NodeLocal DNSCache ``169.254.20.10/32``)
-``REXEC_K8S_ENV_VOLUME_SIZE``      size limit of the emptyDir holding environments (``4Gi``)
-=================================  =========================================================
+=======================================  ========================================================
+``REXEC_K8S_KUBECONFIG``                 kubeconfig file; unset: the pod's service account when
+                                         running in a cluster, else
+                                         ``$KUBECONFIG``/``~/.kube/config``
+``REXEC_K8S_RELEASE``                    names this spawner's objects (label
+                                         ``rexec.dev/release``), so two releases in one cluster
+                                         never adopt each other's (default ``rexec``)
+``REXEC_K8S_NAMESPACE_PREFIX``           prefix of the per-user namespaces (default ``rexec-u-``)
+``REXEC_K8S_WORKER_IMAGE``               worker image (default ``rexec-worker:latest``)
+``REXEC_K8S_IMAGE_PULL_POLICY``          ``IfNotPresent`` (default), ``Always`` or ``Never``
+``REXEC_K8S_WORKER_COMMAND``             worker container command, split like a shell would
+                                         (default ``python -m rexec worker``)
+``REXEC_K8S_RUN_AS_USER``                uid (and gid) of the worker container (default 1000)
+``REXEC_K8S_CPU_REQUEST``                CPU request of the ``default`` profile (default
+                                         ``100m``)
+``REXEC_K8S_CPU_LIMIT``                  CPU limit of the ``default`` profile (default ``1``)
+``REXEC_K8S_MEMORY_REQUEST``             memory request of the ``default`` profile (``256Mi``)
+``REXEC_K8S_MEMORY_LIMIT``               memory limit of the ``default`` profile (``1Gi``)
+``REXEC_K8S_EPHEMERAL_STORAGE_REQUEST``  local disk request of the ``default`` profile (``1Gi``)
+``REXEC_K8S_EPHEMERAL_STORAGE_LIMIT``    local disk limit of the ``default`` profile (``10Gi``):
+                                         the worker's emptyDirs count against it, so it must be
+                                         at least the sum of the three volume sizes below; the
+                                         kubelet evicts a pod that writes more
+``REXEC_K8S_PROFILES``                   JSON: more named profiles, e.g. ``{"large":
+                                         {"cpu_request": "2", "cpu_limit": "4", "memory_request":
+                                         "8Gi", "memory_limit": "8Gi"}}`` (missing keys: the
+                                         default's; keys also
+                                         ``ephemeral_storage_request``/``_limit``). In every
+                                         profile each request must not exceed its limit
+``REXEC_K8S_PROFILE``                    the profile workers get (default ``default``)
+``REXEC_K8S_NODE_SELECTOR``              JSON object: nodeSelector of worker pods (default none)
+``REXEC_K8S_BROKER_NAMESPACE``           namespace of the broker pods; with the next one, narrows
+                                         worker egress to those pods (default: any destination on
+                                         the broker backend port)
+``REXEC_K8S_BROKER_POD_LABELS``          labels of the broker pods, ``key=value,key=value``
+``REXEC_K8S_PACKAGE_INDEX_CIDRS``        comma-separated CIDRs workers may reach on TCP 443 to
+                                         install environments (e.g. ``0.0.0.0/0``); empty
+                                         (default): no egress besides the broker and DNS
+``REXEC_K8S_DNS_NAMESPACE``              namespace of the cluster DNS pods, the only DNS servers
+                                         workers may ask (default ``kube-system``), selected by
+                                         its ``kubernetes.io/metadata.name`` label, which
+                                         Kubernetes sets by itself only from 1.21
+``REXEC_K8S_DNS_NAMESPACE_LABELS``       ``key=value,...`` labels that select the DNS namespace
+                                         instead (for clusters before 1.21: label it yourself)
+``REXEC_K8S_DNS_POD_LABELS``             labels of the cluster DNS pods (default
+                                         ``k8s-app=kube-dns``, which CoreDNS and kube-dns both
+                                         carry)
+``REXEC_K8S_DNS_CIDRS``                  comma-separated CIDRs also allowed on port 53, for DNS
+                                         that is not a pod (e.g. NodeLocal DNSCache
+                                         ``169.254.20.10/32``)
+``REXEC_K8S_ENV_VOLUME_SIZE``            size limit of the emptyDir holding environments
+                                         (``4Gi``)
+``REXEC_K8S_TMP_VOLUME_SIZE``            size limit of the worker's ``/tmp`` emptyDir (``2Gi``)
+``REXEC_K8S_HOME_VOLUME_SIZE``           size limit of the worker's ``$HOME`` emptyDir, which
+                                         holds pip's cache (``2Gi``)
+=======================================  ========================================================
 
 Identity settings (``AUTH_API_URL``, ``REXEC_TOKEN_FILE``, ...) are read by
 :meth:`rexec.auth.AuthSettings.from_env`.
@@ -89,6 +105,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +113,7 @@ from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
 from rexec.profile import rexec_home
 from rexec.requirements import ALLOW_OPTIONS_ENV, ALLOW_URLS_ENV, RequirementsPolicy, env_flag
+from rexec_spawner.backends.kubernetes.quantity import format_quantity, parse_quantity
 
 BACKENDS = ("local", "kubernetes")
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5559"
@@ -114,7 +132,14 @@ def default_worker_command() -> tuple[str, ...]:
 
 
 PULL_POLICIES = ("IfNotPresent", "Always", "Never")
-PROFILE_KEYS = ("cpu_request", "cpu_limit", "memory_request", "memory_limit")
+PROFILE_KEYS = (
+    "cpu_request",
+    "cpu_limit",
+    "memory_request",
+    "memory_limit",
+    "ephemeral_storage_request",
+    "ephemeral_storage_limit",
+)
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_KEY = re.compile(
@@ -127,12 +152,15 @@ _CIDR = re.compile(r"[0-9a-fA-F.:]+/[0-9]{1,3}")
 
 @dataclass(frozen=True)
 class ResourceProfile:
-    """CPU and memory requests and limits of a worker pod, as Kubernetes quantities."""
+    """CPU, memory and local-disk (ephemeral-storage) requests and limits of a worker pod, as
+    Kubernetes quantities."""
 
     cpu_request: str = "100m"
     cpu_limit: str = "1"
     memory_request: str = "256Mi"
     memory_limit: str = "1Gi"
+    ephemeral_storage_request: str = "1Gi"
+    ephemeral_storage_limit: str = "10Gi"
 
     def __post_init__(self) -> None:
         for key in PROFILE_KEYS:
@@ -141,6 +169,30 @@ class ResourceProfile:
                 raise ConfigError(
                     f"{key} {value!r} is not a Kubernetes quantity; write e.g. '500m', '2', '1Gi'"
                 )
+        # The API server refuses a pod whose request exceeds its limit; say so at start-up.
+        for resource in ("cpu", "memory", "ephemeral_storage"):
+            request = getattr(self, f"{resource}_request")
+            limit = getattr(self, f"{resource}_limit")
+            if parse_quantity(request) > parse_quantity(limit):
+                raise ConfigError(
+                    f"{resource}_request {request} is more than {resource}_limit {limit}; "
+                    "raise the limit or lower the request"
+                )
+
+    def resources(self) -> dict[str, dict[str, str]]:
+        """The container ``resources`` of a pod with this profile."""
+        return {
+            "requests": {
+                "cpu": self.cpu_request,
+                "memory": self.memory_request,
+                "ephemeral-storage": self.ephemeral_storage_request,
+            },
+            "limits": {
+                "cpu": self.cpu_limit,
+                "memory": self.memory_limit,
+                "ephemeral-storage": self.ephemeral_storage_limit,
+            },
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +215,8 @@ class KubernetesSettings:
     broker_pod_labels: Mapping[str, str] = field(default_factory=dict)
     package_index_cidrs: tuple[str, ...] = ()
     env_volume_size: str = "4Gi"
+    tmp_volume_size: str = "2Gi"
+    home_volume_size: str = "2Gi"
     dns_namespace: str = "kube-system"
     dns_namespace_labels: Mapping[str, str] = field(default_factory=dict)
     dns_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
@@ -204,8 +258,26 @@ class KubernetesSettings:
             raise ConfigError(
                 "set both REXEC_K8S_BROKER_NAMESPACE and REXEC_K8S_BROKER_POD_LABELS, or neither"
             )
-        if not _QUANTITY.fullmatch(self.env_volume_size):
-            raise ConfigError(f"REXEC_K8S_ENV_VOLUME_SIZE {self.env_volume_size!r} is not a size")
+        volumes = {
+            "REXEC_K8S_ENV_VOLUME_SIZE": self.env_volume_size,
+            "REXEC_K8S_TMP_VOLUME_SIZE": self.tmp_volume_size,
+            "REXEC_K8S_HOME_VOLUME_SIZE": self.home_volume_size,
+        }
+        for name, size in volumes.items():
+            if not isinstance(size, str) or not _QUANTITY.fullmatch(size):
+                raise ConfigError(f"{name} {size!r} is not a size; write e.g. '2Gi'")
+        # emptyDirs count against the pod's ephemeral-storage limit: a smaller limit would get
+        # the pod evicted before a volume reaches its own size limit.
+        volume_total = sum((parse_quantity(size) for size in volumes.values()), Decimal(0))
+        for profile_name, profile in self.profiles.items():
+            if parse_quantity(profile.ephemeral_storage_limit) < volume_total:
+                raise ConfigError(
+                    f"profile {profile_name!r}: ephemeral_storage_limit "
+                    f"{profile.ephemeral_storage_limit} is less than the worker's volumes "
+                    f"({' + '.join(volumes.values())} = {format_quantity(volume_total)}, "
+                    + ", ".join(volumes)
+                    + "); raise the limit or make the volumes smaller"
+                )
         if not _DNS_LABEL.fullmatch(self.dns_namespace) or len(self.dns_namespace) > 63:
             raise ConfigError(
                 f"REXEC_K8S_DNS_NAMESPACE {self.dns_namespace!r} is not a namespace name; name "
@@ -240,13 +312,16 @@ class KubernetesSettings:
             value = source.get(name, "").strip()
             return value or None
 
-        default = ResourceProfile(
-            **{
-                key: value
-                for key in PROFILE_KEYS
-                if (value := text(f"REXEC_K8S_{key.upper()}")) is not None
-            }
-        )
+        try:
+            default = ResourceProfile(
+                **{
+                    key: value
+                    for key in PROFILE_KEYS
+                    if (value := text(f"REXEC_K8S_{key.upper()}")) is not None
+                }
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"the default profile (REXEC_K8S_<KEY>): {exc}") from None
         profiles = {"default": default}
         for name, given in _json_object(text("REXEC_K8S_PROFILES"), "REXEC_K8S_PROFILES").items():
             if not isinstance(given, dict) or set(given) - set(PROFILE_KEYS):
@@ -254,7 +329,10 @@ class KubernetesSettings:
                     f"REXEC_K8S_PROFILES[{name!r}] must be an object with keys among "
                     + ", ".join(PROFILE_KEYS)
                 )
-            profiles[name] = ResourceProfile(**{**default.__dict__, **given})
+            try:
+                profiles[name] = ResourceProfile(**{**default.__dict__, **given})
+            except ConfigError as exc:
+                raise ConfigError(f"REXEC_K8S_PROFILES[{name!r}]: {exc}") from None
         node_selector = _json_object(text("REXEC_K8S_NODE_SELECTOR"), "REXEC_K8S_NODE_SELECTOR")
         values: dict[str, Any] = {
             "kubeconfig": _path(text("REXEC_K8S_KUBECONFIG")),
@@ -273,6 +351,8 @@ class KubernetesSettings:
             "broker_pod_labels": _labels(text("REXEC_K8S_BROKER_POD_LABELS")),
             "package_index_cidrs": _csv(text("REXEC_K8S_PACKAGE_INDEX_CIDRS")),
             "env_volume_size": text("REXEC_K8S_ENV_VOLUME_SIZE"),
+            "tmp_volume_size": text("REXEC_K8S_TMP_VOLUME_SIZE"),
+            "home_volume_size": text("REXEC_K8S_HOME_VOLUME_SIZE"),
             "dns_namespace": text("REXEC_K8S_DNS_NAMESPACE"),
             "dns_namespace_labels": _labels(
                 text("REXEC_K8S_DNS_NAMESPACE_LABELS"), "REXEC_K8S_DNS_NAMESPACE_LABELS"

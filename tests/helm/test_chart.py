@@ -93,6 +93,12 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
         (["spawner.port=70000"], "at '/spawner/port'"),
         (["worker.profiles.big.cpu=2"], "additional properties 'cpu' not allowed"),
         (["worker.resources.cpu_limit=two"], "at '/worker/resources/cpu_limit'"),
+        (
+            ["worker.resources.ephemeral_storage_limit=lots"],
+            "at '/worker/resources/ephemeral_storage_limit'",
+        ),
+        (["worker.tmpVolumeSize=big"], "at '/worker/tmpVolumeSize'"),
+        (["broker.resources.limits.ephemeral-storage=x"], "at '/broker/resources/limits"),
         (["worker.namespacePrefix=Users_"], "at '/worker/namespacePrefix'"),
         (["authApiUrl=idp.example.org"], "at '/authApiUrl'"),
         (["auth.method=PUT"], "at '/auth/method'"),
@@ -318,6 +324,29 @@ def test_every_pod_is_hardened(helm: Path, which: str) -> None:
     assert broker["automountServiceAccountToken"] is False
 
 
+@pytest.mark.parametrize("which", sorted(VALUE_SETS))
+def test_every_emptydir_is_bounded_and_fits_the_ephemeral_storage_limit(
+    helm: Path, which: str
+) -> None:
+    """The kubelet evicts a pod past an emptyDir's sizeLimit or its ephemeral-storage limit
+    (emptyDirs count against it); without them a pod can fill its node's disk."""
+    from rexec_spawner.backends.kubernetes.quantity import parse_quantity
+
+    for where, spec in pod_templates(render(helm, VALUE_SETS[which][0])):
+        sizes = [
+            parse_quantity(str(v["emptyDir"]["sizeLimit"]))
+            for v in spec.get("volumes", [])
+            if "emptyDir" in v
+        ]
+        assert all(
+            v["emptyDir"].get("sizeLimit") for v in spec.get("volumes", []) if "emptyDir" in v
+        )
+        for c in spec["containers"]:
+            limit = parse_quantity(str(c["resources"]["limits"]["ephemeral-storage"]))
+            request = parse_quantity(str(c["resources"]["requests"]["ephemeral-storage"]))
+            assert 0 < request <= limit and limit >= sum(sizes), where
+
+
 def test_probes(default_objects: list[dict[str, Any]]) -> None:
     spawner = container(find(default_objects, "Deployment", "rexec-spawner"))
     for probe in ("readinessProbe", "livenessProbe"):
@@ -437,6 +466,9 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.profile == "large" and k8s.worker_profile.memory_limit == "16Gi"
         assert k8s.profiles["gpu-small"].cpu_request == "2"
         assert k8s.profiles["gpu-small"].memory_limit == "2Gi"  # from the default profile
+        assert k8s.worker_profile.ephemeral_storage_limit == "32Gi"
+        assert k8s.profiles["gpu-small"].ephemeral_storage_request == "2Gi"
+        assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
         assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}
@@ -451,6 +483,11 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.namespace_prefix == "rexec-u-"
         assert k8s.worker_image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"
         assert k8s.dns_namespace == "kube-system" and k8s.dns_namespace_labels == {}
+        assert k8s.worker_profile.resources()["limits"] == {
+            "cpu": "2",
+            "memory": "4Gi",
+            "ephemeral-storage": "10Gi",
+        }
         assert k8s.dns_pod_labels == {"k8s-app": "kube-dns"}
         assert settings.env_allow_options is False and settings.env_allow_urls is False
 

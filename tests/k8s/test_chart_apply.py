@@ -272,7 +272,13 @@ def test_rendered_chart_runs_a_users_code_end_to_end(
         assert pid == node_agent.pid_of(user_ns.metadata.name, "worker-default")
         worker = pod.spec.containers[0]
         assert worker.image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"  # worker.image
-        assert worker.resources.limits == {"cpu": "2", "memory": "4Gi"}  # worker.resources
+        assert worker.resources.limits == {  # worker.resources
+            "cpu": "2",
+            "memory": "4Gi",
+            "ephemeral-storage": "10Gi",
+        }
+        volumes = {v.name: v.empty_dir.size_limit for v in pod.spec.volumes if v.empty_dir}
+        assert volumes == {"tmp": "2Gi", "home": "2Gi", "envs": "4Gi"}
         assert pod.spec.security_context.run_as_user == 1000  # worker.runAsUser
 
         deleted = httpx.delete(f"{base}/api/v1/workers/default", headers=headers, timeout=30)

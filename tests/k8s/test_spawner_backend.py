@@ -101,9 +101,11 @@ def test_spawn_run_code_and_delete_everything(
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["resources"] == {
-            "requests": {"cpu": "100m", "memory": "256Mi"},
-            "limits": {"cpu": "1", "memory": "1Gi"},
+            "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "10Gi"},
         }
+        sizes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in spec["volumes"] if "emptyDir" in v}
+        assert sizes == {"tmp": "2Gi", "home": "2Gi", "envs": "4Gi"}
         assert "ports" not in container
         secret = k8s_cluster.core.read_namespaced_secret("worker-default-credential", namespace)
         credential = __import__("base64").b64decode(secret.data["credential"]).decode()

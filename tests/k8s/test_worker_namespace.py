@@ -96,7 +96,8 @@ def test_dns_egress_goes_only_to_the_cluster_dns_pods_and_old_policies_are_updat
 
         # The same settings again: nothing is written.
         await backend.set_environment("alice", "default", ENVIRONMENT)
-        assert policy(namespace)["metadata"]["resourceVersion"] == made["metadata"]["resourceVersion"]
+        version = made["metadata"]["resourceVersion"]
+        assert policy(namespace)["metadata"]["resourceVersion"] == version
 
         # A policy as an older spawner made it (DNS to any address, no digest) is replaced, with
         # the chart's RBAC: update, for this name only.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from rexec.errors import ConfigError
 from rexec_spawner.activity import WorkerActivity
 from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes import naming, objects
+from rexec_spawner.backends.kubernetes.quantity import format_quantity, parse_quantity
 from rexec_spawner.backends.kubernetes.readiness import assess_pod
 from rexec_spawner.backends.kubernetes.spec import broker_port, make_worker_spec
 from rexec_spawner.config import KubernetesSettings, ResourceProfile, SpawnerSettings
@@ -120,8 +122,8 @@ def test_worker_pod_manifest():
                         {"name": "REXEC_ENV_REQUIREMENTS", "value": '["numpy>=1.26"]'},
                     ],
                     "resources": {
-                        "requests": {"cpu": "100m", "memory": "256Mi"},
-                        "limits": {"cpu": "1", "memory": "1Gi"},
+                        "requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+                        "limits": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "10Gi"},
                     },
                     "securityContext": {
                         "runAsNonRoot": True,
@@ -147,8 +149,8 @@ def test_worker_pod_manifest():
                     "name": "credential",
                     "secret": {"secretName": "worker-default-credential", "defaultMode": 0o440},
                 },
-                {"name": "tmp", "emptyDir": {}},
-                {"name": "home", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
+                {"name": "home", "emptyDir": {"sizeLimit": "2Gi"}},
                 {"name": "envs", "emptyDir": {"sizeLimit": "4Gi"}},
             ],
         },
@@ -166,8 +168,8 @@ def test_profile_and_public_key_reach_the_pod():
     pod = objects.make_worker_pod(spec)
     container = pod["spec"]["containers"][0]
     assert container["resources"] == {
-        "requests": {"cpu": "2", "memory": "8Gi"},
-        "limits": {"cpu": "4", "memory": "8Gi"},
+        "requests": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "1Gi"},
+        "limits": {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "10Gi"},
     }
     assert {"name": "REXEC_BROKER_PUBLIC_KEY", "value": "K" * 40} in container["env"]
     assert pod["metadata"]["annotations"]["rexec.dev/profile"] == "big"
@@ -182,6 +184,80 @@ def test_operator_requirements_policy_reaches_the_pod():
     ][0]["env"]
     assert {"name": "REXEC_ENV_ALLOW_URLS", "value": "1"} in env
     assert {"name": "REXEC_ENV_ALLOW_OPTIONS", "value": "0"} in env
+
+
+def test_every_emptydir_has_a_size_limit_within_the_ephemeral_storage_limit():
+    """The kubelet evicts a pod whose emptyDirs outgrow their sizeLimit, or whose disk use
+    (emptyDirs included) outgrows its ephemeral-storage limit; without either, a worker could
+    fill its node's disk."""
+    big = ResourceProfile("1", "2", "1Gi", "2Gi", "5Gi", "40Gi")
+    for k8s in (
+        {},
+        {
+            "env_volume_size": "20Gi",
+            "tmp_volume_size": "8Gi",
+            "home_volume_size": "8Gi",
+            "profiles": {"default": ResourceProfile(ephemeral_storage_limit="36Gi")},
+        },
+        {"profiles": {"default": ResourceProfile(), "big": big}, "profile": "big"},
+    ):
+        pod = objects.make_worker_pod(make_worker_spec(settings(**k8s), "alice", "w", "i"))
+        empty_dirs = [v["emptyDir"] for v in pod["spec"]["volumes"] if "emptyDir" in v]
+        assert len(empty_dirs) == 3
+        assert all(parse_quantity(d["sizeLimit"]) > 0 for d in empty_dirs), empty_dirs
+        [container] = pod["spec"]["containers"]
+        limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+        total = sum(parse_quantity(d["sizeLimit"]) for d in empty_dirs)
+        assert parse_quantity(limits["ephemeral-storage"]) >= total
+        assert parse_quantity(requests["ephemeral-storage"]) > 0
+
+
+def test_quantities_parse_exactly_and_format_back():
+    assert parse_quantity("500m") == Decimal("0.5")
+    assert parse_quantity("1.5Gi") == 3 * 2**29
+    assert parse_quantity("2") == 2 and parse_quantity("1k") == 1000
+    assert parse_quantity("0.1") == Decimal("0.1")
+    for bad in ("", "1e3", "-1", "1 Gi", "1gi", "lots", "1.Gi"):
+        with pytest.raises(ConfigError, match="not a Kubernetes quantity"):
+            parse_quantity(bad)
+    cases = {
+        "8Gi": 8 * 2**30,
+        "12Gi": 12 * parse_quantity("1Gi"),
+        "800m": 8 * parse_quantity("100m"),
+        "4": 8 * parse_quantity("500m"),
+        "2G": 2 * 10**9,
+        "1536Mi": 3 * parse_quantity("512Mi"),
+        "1001": 1001,
+        "0": 0,
+        "1m": Decimal("0.0001"),  # below 1m: rounded up, never down
+    }
+    for text, value in cases.items():
+        assert format_quantity(Decimal(value)) == text
+        if value and text != "1m":
+            assert parse_quantity(text) == value
+
+
+def test_profile_requests_may_not_exceed_limits():
+    with pytest.raises(ConfigError, match="cpu_request 2 is more than cpu_limit 1"):
+        ResourceProfile(cpu_request="2", cpu_limit="1")
+    with pytest.raises(ConfigError, match="ephemeral_storage_request 20Gi is more than"):
+        ResourceProfile(ephemeral_storage_request="20Gi")
+    with pytest.raises(ConfigError, match="ephemeral_storage_limit 'big' is not a Kubernetes"):
+        ResourceProfile(ephemeral_storage_limit="big")
+    ResourceProfile(memory_request="1Gi", memory_limit="1024Mi")  # equal is fine
+
+
+def test_ephemeral_storage_limit_must_hold_the_volumes():
+    with pytest.raises(ConfigError) as refused:
+        KubernetesSettings(env_volume_size="8Gi")
+    message = str(refused.value)
+    assert "profile 'default': ephemeral_storage_limit 10Gi is less than" in message
+    assert "8Gi + 2Gi + 2Gi = 12Gi" in message and "REXEC_K8S_ENV_VOLUME_SIZE" in message
+    assert "raise the limit or make the volumes smaller" in message
+    small = {"default": ResourceProfile(), "small": ResourceProfile(ephemeral_storage_limit="6Gi")}
+    with pytest.raises(ConfigError, match="profile 'small'"):
+        KubernetesSettings(profiles=small)
+    KubernetesSettings(env_volume_size="6Gi")  # 6 + 2 + 2 = 10: exactly fits
 
 
 def test_credential_lives_only_in_the_secret():
@@ -375,7 +451,12 @@ def test_kubernetes_settings_from_env():
             "REXEC_SPAWNER_BACKEND": "kubernetes",
             "REXEC_K8S_RELEASE": "prod",
             "REXEC_K8S_MEMORY_LIMIT": "2Gi",
-            "REXEC_K8S_PROFILES": '{"large": {"cpu_limit": "4"}}',
+            "REXEC_K8S_EPHEMERAL_STORAGE_LIMIT": "12Gi",
+            "REXEC_K8S_PROFILES": json.dumps(
+                {"large": {"cpu_limit": "4", "ephemeral_storage_request": "2Gi"}}
+            ),
+            "REXEC_K8S_TMP_VOLUME_SIZE": "3Gi",
+            "REXEC_K8S_HOME_VOLUME_SIZE": "1Gi",
             "REXEC_K8S_PROFILE": "large",
             "REXEC_K8S_BROKER_NAMESPACE": "rexec",
             "REXEC_K8S_BROKER_POD_LABELS": "a=b, c=d",
@@ -388,7 +469,8 @@ def test_kubernetes_settings_from_env():
     )
     k8s = parsed.kubernetes
     assert k8s.release == "prod"
-    assert k8s.worker_profile == ResourceProfile("100m", "4", "256Mi", "2Gi")
+    assert k8s.worker_profile == ResourceProfile("100m", "4", "256Mi", "2Gi", "2Gi", "12Gi")
+    assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
     assert k8s.broker_pod_labels == {"a": "b", "c": "d"}
     assert k8s.package_index_cidrs == ("10.0.0.0/8", "0.0.0.0/0")
     assert k8s.worker_command == ("/opt/venv/bin/python", "-m", "rexec", "worker")
@@ -417,6 +499,13 @@ def test_kubernetes_settings_from_env():
     [
         ({"REXEC_K8S_PROFILE": "huge"}, "not defined"),
         ({"REXEC_K8S_CPU_LIMIT": "lots"}, "not a Kubernetes quantity"),
+        ({"REXEC_K8S_CPU_REQUEST": "2"}, "default profile .*cpu_request 2 is more than"),
+        (
+            {"REXEC_K8S_PROFILES": '{"x": {"memory_request": "2Gi"}}'},
+            r"REXEC_K8S_PROFILES\['x'\]: memory_request 2Gi is more than memory_limit 1Gi",
+        ),
+        ({"REXEC_K8S_EPHEMERAL_STORAGE_LIMIT": "4Gi"}, "is less than the worker's volumes"),
+        ({"REXEC_K8S_TMP_VOLUME_SIZE": "two"}, "REXEC_K8S_TMP_VOLUME_SIZE 'two' is not a size"),
         ({"REXEC_K8S_PROFILES": "[1]"}, "JSON object"),
         ({"REXEC_K8S_PROFILES": '{"x": {"gpu": "1"}}'}, "keys among"),
         ({"REXEC_K8S_RELEASE": "Prod!"}, "REXEC_K8S_RELEASE"),

@@ -53,6 +53,10 @@
   value: {{ .Values.worker.resources.memory_request | quote }}
 - name: REXEC_K8S_MEMORY_LIMIT
   value: {{ .Values.worker.resources.memory_limit | quote }}
+- name: REXEC_K8S_EPHEMERAL_STORAGE_REQUEST
+  value: {{ .Values.worker.resources.ephemeral_storage_request | quote }}
+- name: REXEC_K8S_EPHEMERAL_STORAGE_LIMIT
+  value: {{ .Values.worker.resources.ephemeral_storage_limit | quote }}
 {{- if .Values.worker.profiles }}
 - name: REXEC_K8S_PROFILES
   value: {{ toJson .Values.worker.profiles | quote }}
@@ -90,6 +94,10 @@
 {{- end }}
 - name: REXEC_K8S_ENV_VOLUME_SIZE
   value: {{ .Values.worker.environments.volumeSize | quote }}
+- name: REXEC_K8S_TMP_VOLUME_SIZE
+  value: {{ .Values.worker.tmpVolumeSize | quote }}
+- name: REXEC_K8S_HOME_VOLUME_SIZE
+  value: {{ .Values.worker.homeVolumeSize | quote }}
 - name: REXEC_ENV_ALLOW_OPTIONS
   value: {{ ternary "1" "0" .Values.worker.environments.allowOptions | quote }}
 - name: REXEC_ENV_ALLOW_URLS

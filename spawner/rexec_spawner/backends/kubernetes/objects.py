@@ -5,7 +5,10 @@ expected dicts. The worker pod
 
 * runs as a non-root user with every capability dropped, no privilege escalation, the runtime's
   default seccomp profile and a read-only root filesystem (writable: ``/tmp``, ``$HOME`` and
-  ``$REXEC_ENV_ROOT``, all emptyDirs);
+  ``$REXEC_ENV_ROOT``, all emptyDirs with a size limit, inside the profile's ephemeral-storage
+  limit, so one worker cannot fill its node's disk);
+* uses only volume types the Pod Security Standards' ``restricted`` profile allows (secret,
+  emptyDir), no host namespaces, paths or ports;
 * gets no service-account token and no service-link variables: it has no business with the
   Kubernetes API;
 * reads its one-user credential from a Secret mounted as a file; the credential is never in the
@@ -221,10 +224,7 @@ def make_worker_pod(spec: WorkerSpec) -> Manifest:
                     spec.worker,
                 ],
                 "env": _worker_env(spec),
-                "resources": {
-                    "requests": {"cpu": profile.cpu_request, "memory": profile.memory_request},
-                    "limits": {"cpu": profile.cpu_limit, "memory": profile.memory_limit},
-                },
+                "resources": profile.resources(),
                 "securityContext": {
                     "runAsNonRoot": True,
                     "allowPrivilegeEscalation": False,
@@ -245,8 +245,8 @@ def make_worker_pod(spec: WorkerSpec) -> Manifest:
                 "name": "credential",
                 "secret": {"secretName": naming.secret_name(spec.worker), "defaultMode": 0o440},
             },
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "home", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": spec.tmp_volume_size}},
+            {"name": "home", "emptyDir": {"sizeLimit": spec.home_volume_size}},
             {"name": "envs", "emptyDir": {"sizeLimit": spec.env_volume_size}},
         ],
     }

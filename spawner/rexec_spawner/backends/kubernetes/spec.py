@@ -52,6 +52,8 @@ class WorkerSpec:
     run_as_user: int
     env_volume_size: str
     network: NetworkSpec
+    tmp_volume_size: str = "2Gi"
+    home_volume_size: str = "2Gi"
     node_selector: tuple[tuple[str, str], ...] = ()
     environment: EnvironmentSpec | None = None
     # The operator's requirements policy, as the worker reads it when it re-checks a request.
@@ -111,6 +113,8 @@ def make_worker_spec(
         run_as_user=k8s.run_as_user,
         env_volume_size=k8s.env_volume_size,
         network=make_network_spec(settings),
+        tmp_volume_size=k8s.tmp_volume_size,
+        home_volume_size=k8s.home_volume_size,
         node_selector=tuple(sorted(k8s.node_selector.items())),
         environment=environment,
         policy_variables=tuple(sorted(settings.requirements_policy.worker_variables().items())),
