@@ -8,7 +8,8 @@ Requests that carry a body are authenticated before any of it is read, and bodie
 (``REXEC_SPAWNER_MAX_BODY_BYTES``): see :mod:`rexec_spawner.body_guard`.
 
 Status codes: 401 missing or refused token, 403 user not in an allowed group, 404 no such worker,
-413 body over the cap, 422 invalid worker name, 503 identity provider or spawner unavailable.
+409 worker limit reached, 413 body over the cap, 422 invalid worker name, 503 identity provider
+or spawner unavailable.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rexec.auth import CachingValidator, Identity, make_validator
 from rexec.credentials import load_key
-from rexec.errors import ConfigError, SpawnError
+from rexec.errors import ConfigError, SpawnError, WorkerLimitReached
 from rexec_spawner.activity import BrokerActivity
 from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate
 from rexec_spawner.backends import WorkerBackend, make_backend
@@ -129,7 +130,15 @@ async def broker_info(caller: Caller, services: Services) -> BrokerInfo:
     "/api/v1/workers/{name}",
     tags=["workers"],
     status_code=200,
-    responses={**_NAME_ERRORS, 201: {"model": WorkerStatus, "description": "created"}},
+    responses={
+        **_NAME_ERRORS,
+        201: {"model": WorkerStatus, "description": "created"},
+        409: {
+            "model": ErrorMessage,
+            "description": "the caller already has the most workers one user may have "
+            "(REXEC_MAX_WORKERS_PER_USER); delete one first",
+        },
+    },
     summary="Create the caller's worker, or get it if it exists",
 )
 async def put_worker(
@@ -170,6 +179,11 @@ async def _spawn_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
+async def _worker_limit(_: Request, exc: Exception) -> JSONResponse:
+    # Not an outage like other spawn errors: the caller can fix it by deleting a worker.
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
 def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) -> FastAPI:
     """The spawner application. Raises ``ConfigError`` at once for unusable settings."""
     validator = make_validator(settings.auth)
@@ -208,6 +222,7 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     app.state.settings = settings
     app.state.rexec = _Services(workers, validator, broker)
     app.add_exception_handler(SpawnError, _spawn_error)
+    app.add_exception_handler(WorkerLimitReached, _worker_limit)
     app.add_middleware(BodyGuard, validator=validator, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     from rexec_spawner.environments import router as environments  # imports this module

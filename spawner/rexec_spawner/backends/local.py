@@ -52,6 +52,7 @@ from rexec_spawner.backends.base import (
     WorkerBackend,
     WorkerRecord,
     WorkerState,
+    check_worker_limit,
     check_worker_name,
 )
 from rexec_spawner.backends.worker_files import UnreadableFile, open_worker_file, read_worker_file
@@ -152,6 +153,7 @@ class LocalBackend(WorkerBackend):
         stop_timeout: float = 5.0,
         poll_interval: float = 0.1,
         requirements_policy: RequirementsPolicy | None = None,
+        max_workers_per_user: int = 0,
     ) -> None:
         self.workers_dir = Path(data_dir) / "workers"
         self.env_root = Path(data_dir) / "envs"
@@ -166,6 +168,8 @@ class LocalBackend(WorkerBackend):
         self._signing_key = signing_key
         self._workers: dict[tuple[str, str], _LocalWorker] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.max_workers_per_user = max_workers_per_user
+        self._user_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
 
     @classmethod
@@ -178,6 +182,7 @@ class LocalBackend(WorkerBackend):
             worker_command=settings.worker_command,
             ready_timeout=settings.worker_ready_timeout,
             requirements_policy=settings.requirements_policy,
+            max_workers_per_user=settings.max_workers_per_user,
         )
 
     def __repr__(self) -> str:
@@ -185,6 +190,15 @@ class LocalBackend(WorkerBackend):
 
     def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
+
+    def _user_lock(self, user: str) -> asyncio.Lock:
+        return self._user_locks.setdefault(user, asyncio.Lock())
+
+    def _active_names(self, user: str) -> builtins.list[str]:
+        mine = [worker for (owner, _), worker in self._workers.items() if owner == user]
+        for worker in mine:
+            self._refresh(worker)  # a worker that just died no longer counts
+        return [worker.name for worker in mine if worker.state in ACTIVE_STATES]
 
     def worker_dir(self, user: str, name: str) -> Path:
         return self.workers_dir / make_user_dir_name(user) / name
@@ -194,7 +208,9 @@ class LocalBackend(WorkerBackend):
     async def ensure(self, user: str, name: str) -> WorkerRecord:
         check_worker_name(name)
         key = (user, name)
-        async with self._lock(key):
+        # Counting the user's workers and starting one is a single step per user, so creations
+        # of different names at the same time never overshoot the limit.
+        async with self._user_lock(user), self._lock(key):
             if self._closed:
                 raise SpawnError("the spawner is shutting down; try again once it is back")
             worker = self._workers.get(key)
@@ -203,6 +219,7 @@ class LocalBackend(WorkerBackend):
                 self._refresh(worker)
             if worker is not None and worker.state in ACTIVE_STATES:
                 return worker.snapshot()
+            check_worker_limit(self._active_names(user), name, self.max_workers_per_user)
             if worker is not None:
                 await self._retire(worker)
             worker = _LocalWorker(user=user, name=name, directory=self.worker_dir(user, name))
