@@ -90,6 +90,11 @@ Kubernetes backend (``REXEC_SPAWNER_BACKEND=kubernetes``), read into :class:`Kub
 ``REXEC_K8S_TMP_VOLUME_SIZE``            size limit of the worker's ``/tmp`` emptyDir (``2Gi``)
 ``REXEC_K8S_HOME_VOLUME_SIZE``           size limit of the worker's ``$HOME`` emptyDir, which
                                          holds pip's cache (``2Gi``)
+``REXEC_K8S_POD_SECURITY_VERSION``       version of the Pod Security Standards the per-user
+                                         namespaces enforce at level ``restricted``
+                                         (``pod-security.kubernetes.io/*`` labels): ``latest``
+                                         (default) or e.g. ``v1.30``; enforced from Kubernetes
+                                         1.23 on
 =======================================  ========================================================
 
 Identity settings (``AUTH_API_URL``, ``REXEC_TOKEN_FILE``, ...) are read by
@@ -148,6 +153,7 @@ _LABEL_KEY = re.compile(
 )
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 _CIDR = re.compile(r"[0-9a-fA-F.:]+/[0-9]{1,3}")
+_POD_SECURITY_VERSION = re.compile(r"latest|v1\.[0-9]{1,3}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,7 @@ class KubernetesSettings:
     env_volume_size: str = "4Gi"
     tmp_volume_size: str = "2Gi"
     home_volume_size: str = "2Gi"
+    pod_security_version: str = "latest"
     dns_namespace: str = "kube-system"
     dns_namespace_labels: Mapping[str, str] = field(default_factory=dict)
     dns_pod_labels: Mapping[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
@@ -278,6 +285,11 @@ class KubernetesSettings:
                     + ", ".join(volumes)
                     + "); raise the limit or make the volumes smaller"
                 )
+        if not _POD_SECURITY_VERSION.fullmatch(self.pod_security_version):
+            raise ConfigError(
+                f"REXEC_K8S_POD_SECURITY_VERSION {self.pod_security_version!r}: use 'latest' or a "
+                "Kubernetes minor version such as 'v1.30'"
+            )
         if not _DNS_LABEL.fullmatch(self.dns_namespace) or len(self.dns_namespace) > 63:
             raise ConfigError(
                 f"REXEC_K8S_DNS_NAMESPACE {self.dns_namespace!r} is not a namespace name; name "
@@ -353,6 +365,7 @@ class KubernetesSettings:
             "env_volume_size": text("REXEC_K8S_ENV_VOLUME_SIZE"),
             "tmp_volume_size": text("REXEC_K8S_TMP_VOLUME_SIZE"),
             "home_volume_size": text("REXEC_K8S_HOME_VOLUME_SIZE"),
+            "pod_security_version": text("REXEC_K8S_POD_SECURITY_VERSION"),
             "dns_namespace": text("REXEC_K8S_DNS_NAMESPACE"),
             "dns_namespace_labels": _labels(
                 text("REXEC_K8S_DNS_NAMESPACE_LABELS"), "REXEC_K8S_DNS_NAMESPACE_LABELS"

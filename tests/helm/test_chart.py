@@ -98,6 +98,7 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
             "at '/worker/resources/ephemeral_storage_limit'",
         ),
         (["worker.tmpVolumeSize=big"], "at '/worker/tmpVolumeSize'"),
+        (["worker.podSecurityVersion=1.30"], "at '/worker/podSecurityVersion'"),
         (["broker.resources.limits.ephemeral-storage=x"], "at '/broker/resources/limits"),
         (["worker.namespacePrefix=Users_"], "at '/worker/namespacePrefix'"),
         (["authApiUrl=idp.example.org"], "at '/authApiUrl'"),
@@ -347,6 +348,21 @@ def test_every_emptydir_is_bounded_and_fits_the_ephemeral_storage_limit(
             assert 0 < request <= limit and limit >= sum(sizes), where
 
 
+@pytest.mark.parametrize("sets", [[], PLAINTEXT], ids=["curve", "plaintext"])
+@pytest.mark.parametrize("which", sorted(VALUE_SETS))
+def test_every_pod_satisfies_the_restricted_pod_security_standard(
+    helm: Path, which: str, sets: list[str]
+) -> None:
+    """So the release namespace can enforce `restricted` too (docs/helm.md)."""
+    from tests.k8s.pod_security import restricted_violations
+
+    objects = render(helm, VALUE_SETS[which][0], sets)
+    for obj in objects:
+        if obj["kind"] in ("Deployment", "Job"):
+            where = f"{obj['kind']}/{obj['metadata']['name']}"
+            assert restricted_violations(obj["spec"]["template"]) == [], where
+
+
 def test_probes(default_objects: list[dict[str, Any]]) -> None:
     spawner = container(find(default_objects, "Deployment", "rexec-spawner"))
     for probe in ("readinessProbe", "livenessProbe"):
@@ -469,6 +485,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.worker_profile.ephemeral_storage_limit == "32Gi"
         assert k8s.profiles["gpu-small"].ephemeral_storage_request == "2Gi"
         assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
+        assert k8s.pod_security_version == "v1.30"
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
         assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}
@@ -483,6 +500,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.namespace_prefix == "rexec-u-"
         assert k8s.worker_image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"
         assert k8s.dns_namespace == "kube-system" and k8s.dns_namespace_labels == {}
+        assert k8s.pod_security_version == "latest"
         assert k8s.worker_profile.resources()["limits"] == {
             "cpu": "2",
             "memory": "4Gi",

@@ -1,5 +1,6 @@
 """What the Kubernetes backend puts in a user's namespace besides the workers, against a real API
-server: the NetworkPolicy's DNS egress, kept up to date in namespaces made before.
+server: the NetworkPolicy's DNS egress, kept up to date in namespaces made before; the Pod
+Security labels.
 
 The backend talks to the API server as a ServiceAccount bound to exactly ``RBAC_RULES``, so
 every call it makes here is one the chart's ClusterRole allows."""
@@ -19,6 +20,7 @@ from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes.backend import KubernetesBackend
 from rexec_spawner.config import SpawnerSettings
 from tests.k8s.helpers import K8sCluster, wait_for
+from tests.k8s.pod_security import restricted_violations
 from tests.k8s.spawner_stack import make_k8s_settings, service_account_kubeconfig
 
 NAMESPACE_GONE_TIMEOUT = 120
@@ -110,6 +112,37 @@ def test_dns_egress_goes_only_to_the_cluster_dns_pods_and_old_policies_are_updat
         assert policy(namespace)["spec"]["egress"][1] == dns
 
         assert await backend.delete("alice", "default") is False  # no worker, only the namespace
+        return namespace
+
+    namespace = run_backend(settings, broker_stack.signing_key, scenario)
+    wait_namespace_gone(k8s_cluster, namespace)
+
+
+RESTRICTED = {
+    f"pod-security.kubernetes.io/{mode}{suffix}": value
+    for mode in ("enforce", "audit", "warn")
+    for suffix, value in (("", "restricted"), ("-version", "latest"))
+}
+
+
+def test_user_namespaces_carry_the_restricted_pod_security_labels(
+    k8s_cluster: K8sCluster, sa_kubeconfig: Path, broker_stack: Any, tmp_path: Path, release: str
+) -> None:
+    """This API server (1.20) has no PodSecurity admission (1.23+), so it cannot refuse a pod
+    for the labels; it proves they are on the namespace, and the pod it stored (with its
+    defaults) is checked against the profile control by control."""
+    settings, _ = make_k8s_settings(
+        tmp_path / "spawner", broker_stack, sa_kubeconfig, {"alice": ()}, release
+    )
+
+    async def scenario(backend: KubernetesBackend) -> str:
+        record = await backend.ensure("alice", "default")
+        namespace = str(record.info["namespace"])
+        labels = raw(k8s_cluster.core.read_namespace, namespace)["metadata"]["labels"]
+        assert RESTRICTED.items() <= labels.items(), labels
+        pod = raw(k8s_cluster.core.read_namespaced_pod, "worker-default", namespace)
+        assert restricted_violations(pod) == []
+        assert await backend.delete("alice", "default") is True
         return namespace
 
     namespace = run_backend(settings, broker_stack.signing_key, scenario)

@@ -7,6 +7,7 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from rexec_spawner.backends.kubernetes.readiness import assess_pod
 from rexec_spawner.backends.kubernetes.spec import broker_port, make_worker_spec
 from rexec_spawner.config import KubernetesSettings, ResourceProfile, SpawnerSettings
 from rexec_spawner.culling import pick_idle
+from tests.k8s.pod_security import restricted_violations
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ALICE_HASH = naming.user_hash("alice")
@@ -260,6 +262,105 @@ def test_ephemeral_storage_limit_must_hold_the_volumes():
     KubernetesSettings(env_volume_size="6Gi")  # 6 + 2 + 2 = 10: exactly fits
 
 
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/audit": "restricted",
+    "pod-security.kubernetes.io/audit-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/warn-version": "latest",
+}
+
+
+def test_user_namespace_enforces_the_restricted_pod_security_standard():
+    name = naming.make_namespace_name("rexec-u-", "alice")
+    assert objects.make_namespace("rexec", "alice", name) == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/managed-by": "rexec-spawner",
+                "app.kubernetes.io/part-of": "rexec",
+                "rexec.dev/release": "rexec",
+                "rexec.dev/user-hash": ALICE_HASH,
+                "app.kubernetes.io/component": "user",
+                **RESTRICTED,
+            },
+            "annotations": {"rexec.dev/user": "alice"},
+        },
+    }
+    pinned = objects.make_namespace("rexec", "alice", name, "v1.30")["metadata"]["labels"]
+    assert {k: v for k, v in pinned.items() if k.endswith("-version")} == {
+        "pod-security.kubernetes.io/enforce-version": "v1.30",
+        "pod-security.kubernetes.io/audit-version": "v1.30",
+        "pod-security.kubernetes.io/warn-version": "v1.30",
+    }
+
+
+def test_worker_pod_satisfies_the_restricted_pod_security_standard():
+    """Checked control by control (tests/k8s/pod_security.py), since no API server here (nor the
+    k8s tier's 1.20) runs PodSecurity admission."""
+    for k8s in ({}, {"node_selector": {"pool": "cpu"}, "run_as_user": 4242}):
+        environment = EnvironmentSpec("env-1", ("numpy",))
+        spec = make_worker_spec(settings(**k8s), "alice", "default", "abc", environment)
+        pod = objects.make_worker_pod(spec)
+        assert restricted_violations(pod) == []
+        pod_sc = pod["spec"]["securityContext"]
+        [container] = pod["spec"]["containers"]
+        # The controls the profile names, on the manifest itself.
+        assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod["spec"])
+        assert {next(iter(set(v) - {"name"})) for v in pod["spec"]["volumes"]} == {
+            "secret",
+            "emptyDir",
+        }
+        assert all("hostPort" not in port for port in container.get("ports", []))
+
+
+def _break(pod: Any, path: str, value: object) -> None:
+    """Set ``value`` at a dotted ``path`` ("spec.containers.0.securityContext.privileged")."""
+    *parents, last = path.split(".")
+    node = pod
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "control"),
+    [
+        ("spec.hostNetwork", True, "host namespaces"),
+        ("spec.hostPID", True, "host namespaces"),
+        ("spec.volumes.1", {"name": "tmp", "hostPath": {"path": "/"}}, "hostPath volumes"),
+        ("spec.volumes.2", {"name": "home", "nfs": {"server": "x", "path": "/"}}, "volume types"),
+        ("spec.containers.0.securityContext.privileged", True, "privileged"),
+        ("spec.containers.0.securityContext.allowPrivilegeEscalation", True, "privilege escal"),
+        ("spec.containers.0.securityContext.runAsNonRoot", False, "running as non-root"),
+        ("spec.securityContext.runAsUser", 0, "non-root user"),
+        ("spec.securityContext.seccompProfile", {"type": "Unconfined"}, "seccomp"),
+        ("spec.containers.0.securityContext.capabilities", {"drop": ["NET_RAW"]}, "capabilit"),
+        ("spec.containers.0.securityContext.capabilities.add", ["SYS_ADMIN"], "capabilities"),
+        ("spec.containers.0.ports", [{"containerPort": 80, "hostPort": 80}], "host ports"),
+        ("spec.containers.0.securityContext.procMount", "Unmasked", "/proc mount"),
+        ("spec.securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}], "sysctls"),
+        ("spec.securityContext.seLinuxOptions", {"type": "spc_t"}, "SELinux"),
+    ],
+)
+def test_the_restricted_check_catches_each_control(path, value, control):
+    """The check above is only worth something if it fails for pods that break the profile."""
+    pod = objects.make_worker_pod(make_worker_spec(settings(), "alice", "default", "abc"))
+    _break(pod, path, value)
+    violations = restricted_violations(pod)
+    assert any(v.startswith(control) for v in violations), violations
+
+
 def test_credential_lives_only_in_the_secret():
     spec = make_worker_spec(settings(), "alice", "default", "abc")
     secret = objects.make_credential_secret(spec, "rxw1.secret.sig")
@@ -471,6 +572,14 @@ def test_kubernetes_settings_from_env():
     assert k8s.release == "prod"
     assert k8s.worker_profile == ResourceProfile("100m", "4", "256Mi", "2Gi", "2Gi", "12Gi")
     assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
+    assert k8s.pod_security_version == "latest"
+    pinned = {"REXEC_SPAWNER_BACKEND": "kubernetes", "REXEC_K8S_POD_SECURITY_VERSION": "v1.30"}
+    assert (
+        SpawnerSettings.from_env(
+            pinned, signing_key_path=Path("/x")
+        ).kubernetes.pod_security_version
+        == "v1.30"
+    )
     assert k8s.broker_pod_labels == {"a": "b", "c": "d"}
     assert k8s.package_index_cidrs == ("10.0.0.0/8", "0.0.0.0/0")
     assert k8s.worker_command == ("/opt/venv/bin/python", "-m", "rexec", "worker")
@@ -506,6 +615,7 @@ def test_kubernetes_settings_from_env():
         ),
         ({"REXEC_K8S_EPHEMERAL_STORAGE_LIMIT": "4Gi"}, "is less than the worker's volumes"),
         ({"REXEC_K8S_TMP_VOLUME_SIZE": "two"}, "REXEC_K8S_TMP_VOLUME_SIZE 'two' is not a size"),
+        ({"REXEC_K8S_POD_SECURITY_VERSION": "1.30"}, "'latest' or a Kubernetes minor version"),
         ({"REXEC_K8S_PROFILES": "[1]"}, "JSON object"),
         ({"REXEC_K8S_PROFILES": '{"x": {"gpu": "1"}}'}, "keys among"),
         ({"REXEC_K8S_RELEASE": "Prod!"}, "REXEC_K8S_RELEASE"),

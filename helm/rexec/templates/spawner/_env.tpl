@@ -35,6 +35,8 @@
   value: {{ include "rexec.releaseLabel" . | quote }}
 - name: REXEC_K8S_NAMESPACE_PREFIX
   value: {{ include "rexec.namespacePrefix" . | quote }}
+- name: REXEC_K8S_POD_SECURITY_VERSION
+  value: {{ .Values.worker.podSecurityVersion | quote }}
 - name: REXEC_K8S_WORKER_IMAGE
   value: {{ include "rexec.image" (dict "root" . "image" .Values.worker.image) | quote }}
 - name: REXEC_K8S_IMAGE_PULL_POLICY

@@ -108,6 +108,7 @@ class KubernetesBackend(WorkerBackend):
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._user_locks: dict[str, asyncio.Lock] = {}
         self._monitors: set[asyncio.Task[None]] = set()
+        self._unlabelled_warned: set[str] = set()
         self._closed = False
 
     @classmethod
@@ -262,8 +263,11 @@ class KubernetesBackend(WorkerBackend):
         while True:
             found = await self.api.read_namespace(namespace)
             if found is None:
+                manifest = objects.make_namespace(
+                    self.k8s.release, user, namespace, self.k8s.pod_security_version
+                )
                 try:
-                    await self.api.create(objects.make_namespace(self.k8s.release, user, namespace))
+                    await self.api.create(manifest)
                     log.info("created namespace %s for user %r", namespace, user)
                 except AlreadyExists:
                     continue
@@ -274,6 +278,7 @@ class KubernetesBackend(WorkerBackend):
                     "user; remove it or change REXEC_K8S_NAMESPACE_PREFIX"
                 )
             if (found.get("status") or {}).get("phase") != "Terminating":
+                self._check_pod_security_labels(found)
                 break
             if time.monotonic() > deadline:
                 raise SpawnError(
@@ -283,6 +288,30 @@ class KubernetesBackend(WorkerBackend):
             await asyncio.sleep(self.poll_interval)
         await self._apply(
             objects.make_network_policy(self.k8s.release, user, namespace, self._network)
+        )
+
+    def _check_pod_security_labels(self, namespace: Json) -> None:
+        """Warn (once per namespace) about one made without today's Pod Security labels.
+
+        The spawner does not relabel namespaces: that would need update rights on every
+        namespace in the cluster, which could also lift the labels of others. The namespace gets
+        the labels when it is made again, after the user's last worker is deleted or culled.
+        """
+        metadata = namespace.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        wanted = naming.pod_security_labels(self.k8s.pod_security_version)
+        name = str(metadata.get("name"))
+        if wanted.items() <= labels.items() or name in self._unlabelled_warned:
+            return
+        self._unlabelled_warned.add(name)
+        log.warning(
+            "namespace %s lacks the Pod Security labels %s (made by an older spawner or with "
+            "other settings); it gets them when the user's workers are all deleted and it is "
+            "made again, or label it: kubectl label --overwrite namespace %s %s",
+            name,
+            naming.selector(wanted),
+            name,
+            " ".join(f"{key}={value}" for key, value in sorted(wanted.items())),
         )
 
     async def _apply(self, manifest: Json) -> None:

@@ -27,6 +27,8 @@ COMPONENT_WORKER = "worker"
 COMPONENT_ENVIRONMENT = "environment"
 COMPONENT_USER = "user"
 NETWORK_POLICY_NAME = "rexec-workers"
+POD_SECURITY_LEVEL = "restricted"
+POD_SECURITY_PREFIX = "pod-security.kubernetes.io/"
 CREDENTIAL_KEY = "credential"
 
 MAX_NAME = 63
@@ -70,6 +72,20 @@ def base_labels(release: str, user: str) -> dict[str, str]:
         LABEL_RELEASE: release,
         LABEL_USER_HASH: user_hash(user),
     }
+
+
+def pod_security_labels(version: str) -> dict[str, str]:
+    """Pod Security Admission labels: enforce, audit and warn the ``restricted`` level.
+
+    Enforced by the API server from Kubernetes 1.23 on (earlier ones keep them as plain labels).
+    Audit and warn too, so a violation shows up in audit logs and as a warning to whoever
+    submits it, not only as a refusal.
+    """
+    labels = {}
+    for mode in ("enforce", "audit", "warn"):
+        labels[f"{POD_SECURITY_PREFIX}{mode}"] = POD_SECURITY_LEVEL
+        labels[f"{POD_SECURITY_PREFIX}{mode}-version"] = version
+    return labels
 
 
 def worker_labels(release: str, user: str, worker: str) -> dict[str, str]:

@@ -50,13 +50,20 @@ ENV_ROOT = "/opt/rexec/envs"
 TERMINATION_GRACE_SECONDS = 10
 
 
-def make_namespace(release: str, user: str, name: str) -> Manifest:
+def make_namespace(
+    release: str, user: str, name: str, pod_security_version: str = "latest"
+) -> Manifest:
+    """The user's namespace; Pod Security Admission holds every pod in it to ``restricted``."""
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": name,
-            "labels": {**naming.base_labels(release, user), naming.LABEL_COMPONENT: "user"},
+            "labels": {
+                **naming.base_labels(release, user),
+                naming.LABEL_COMPONENT: naming.COMPONENT_USER,
+                **naming.pod_security_labels(pod_security_version),
+            },
             "annotations": {naming.ANNOTATION_USER: user},
         },
     }
