@@ -99,6 +99,7 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
         ),
         (["worker.tmpVolumeSize=big"], "at '/worker/tmpVolumeSize'"),
         (["worker.podSecurityVersion=1.30"], "at '/worker/podSecurityVersion'"),
+        (["worker.maxPerUser=-1"], "at '/worker/maxPerUser'"),
         (["broker.resources.limits.ephemeral-storage=x"], "at '/broker/resources/limits"),
         (["worker.namespacePrefix=Users_"], "at '/worker/namespacePrefix'"),
         (["authApiUrl=idp.example.org"], "at '/authApiUrl'"),
@@ -486,6 +487,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.profiles["gpu-small"].ephemeral_storage_request == "2Gi"
         assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
         assert k8s.pod_security_version == "v1.30"
+        assert settings.max_workers_per_user == 3
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
         assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}
@@ -501,6 +503,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.worker_image == "ghcr.io/sci-ndp/rexec-worker:0.1.0"
         assert k8s.dns_namespace == "kube-system" and k8s.dns_namespace_labels == {}
         assert k8s.pod_security_version == "latest"
+        assert settings.max_workers_per_user == 8
         assert k8s.worker_profile.resources()["limits"] == {
             "cpu": "2",
             "memory": "4Gi",

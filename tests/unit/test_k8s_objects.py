@@ -17,8 +17,14 @@ from rexec_spawner.activity import WorkerActivity
 from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes import naming, objects
 from rexec_spawner.backends.kubernetes.quantity import format_quantity, parse_quantity
-from rexec_spawner.backends.kubernetes.readiness import assess_pod
-from rexec_spawner.backends.kubernetes.spec import broker_port, make_worker_spec
+from rexec_spawner.backends.kubernetes.readiness import admission_settling, assess_pod
+from rexec_spawner.backends.kubernetes.spec import (
+    QuotaSpec,
+    broker_port,
+    largest_profile,
+    make_quota_spec,
+    make_worker_spec,
+)
 from rexec_spawner.config import KubernetesSettings, ResourceProfile, SpawnerSettings
 from rexec_spawner.culling import pick_idle
 from tests.k8s.pod_security import restricted_violations
@@ -359,6 +365,116 @@ def test_the_restricted_check_catches_each_control(path, value, control):
     _break(pod, path, value)
     violations = restricted_violations(pod)
     assert any(v.startswith(control) for v in violations), violations
+
+
+BIG = ResourceProfile("2", "4", "1Gi", "8Gi", "1Gi", "10Gi")
+TALL = ResourceProfile("500m", "8", "4Gi", "4Gi", "2Gi", "20Gi")
+
+
+def test_largest_profile_takes_each_resource_from_the_profile_with_most():
+    assert largest_profile({"big": BIG, "tall": TALL}) == ResourceProfile(
+        "2", "8", "4Gi", "8Gi", "2Gi", "20Gi"
+    )
+    assert largest_profile({"only": TALL}) == TALL
+    # Compared as quantities, not as strings ("900m" < "1", "1024Mi" == "1Gi").
+    milli = {"a": ResourceProfile("900m", "900m"), "b": ResourceProfile("1", "1")}
+    assert largest_profile(milli).cpu_limit == "1"
+
+
+def test_quota_spec_from_settings():
+    base = settings(profiles={"default": ResourceProfile(), "big": BIG})
+    assert make_quota_spec(base) == QuotaSpec(
+        8, largest_profile({"d": ResourceProfile(), "b": BIG})
+    )
+    unlimited = SpawnerSettings(**{**base.__dict__, "max_workers_per_user": 0})
+    assert make_quota_spec(unlimited).max_workers == 0
+
+
+def test_resource_quota_bounds_pods_secrets_and_the_largest_profile_times_the_limit():
+    quota = QuotaSpec(3, largest_profile({"big": BIG, "tall": TALL}))
+    assert objects.make_resource_quota("rexec", "alice", "ns-a", quota) == {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": "rexec-workers",
+            "namespace": "ns-a",
+            "labels": naming.base_labels("rexec", "alice"),
+        },
+        "spec": {
+            "hard": {
+                "pods": "3",
+                "secrets": "7",  # 3 credentials + the ServiceAccount token and spares
+                "requests.cpu": "6",
+                "requests.memory": "12Gi",
+                "requests.ephemeral-storage": "6Gi",
+                "limits.cpu": "24",
+                "limits.memory": "24Gi",
+                "limits.ephemeral-storage": "60Gi",
+            }
+        },
+    }
+    default = objects.make_resource_quota("rexec", "a", "n", make_quota_spec(settings()))
+    assert default["spec"]["hard"]["requests.cpu"] == "800m"  # 8 x 100m
+    assert default["spec"]["hard"]["limits.ephemeral-storage"] == "80Gi"
+
+
+def test_limit_range_defaults_and_caps_containers_at_the_largest_profile():
+    quota = QuotaSpec(3, largest_profile({"big": BIG, "tall": TALL}))
+    largest = {"cpu": "8", "memory": "8Gi", "ephemeral-storage": "20Gi"}
+    assert objects.make_limit_range("rexec", "alice", "ns-a", quota) == {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {
+            "name": "rexec-workers",
+            "namespace": "ns-a",
+            "labels": naming.base_labels("rexec", "alice"),
+        },
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": largest,
+                    "defaultRequest": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "2Gi"},
+                    "max": largest,
+                }
+            ]
+        },
+    }
+
+
+def test_every_profile_fits_the_namespace_bounds():
+    """A worker of any profile is admitted by the LimitRange, and max_workers of them by the
+    quota: otherwise a valid setting would make the cluster refuse the spawner's own pods."""
+    profiles = {"default": ResourceProfile(), "big": BIG, "tall": TALL}
+    quota = QuotaSpec(4, largest_profile(profiles))
+    bounds = objects.make_limit_range("r", "u", "n", quota)["spec"]["limits"][0]["max"]
+    hard = objects.make_resource_quota("r", "u", "n", quota)["spec"]["hard"]
+    for profile in profiles.values():
+        resources = profile.resources()
+        for resource, value in resources["limits"].items():
+            assert parse_quantity(value) <= parse_quantity(bounds[resource])
+            for kind in ("requests", "limits"):
+                one = parse_quantity(resources[kind][resource])
+                assert 4 * one <= parse_quantity(hard[f"{kind}.{resource}"])
+
+
+@pytest.mark.parametrize(
+    ("detail", "settling"),
+    [
+        ('error looking up service account ns/default: serviceaccount "default" not found', True),
+        ('No API token found for service account "default", retry after the token is ...', True),
+        ("status unknown for quota: rexec-workers, resources: pods", True),
+        ("exceeded quota: rexec-workers, requested: pods=1, used: pods=2, limited: pods=2", False),
+        (
+            'pods is forbidden: User "system:serviceaccount:rexec:rexec-spawner" cannot create '
+            'resource "pods" in API group "" in the namespace "x"',
+            False,
+        ),
+        ("maximum cpu usage per Container is 8, but limit is 64", False),
+    ],
+)
+def test_only_a_namespace_being_set_up_is_waited_for(detail, settling):
+    assert admission_settling(detail) is settling
 
 
 def test_credential_lives_only_in_the_secret():

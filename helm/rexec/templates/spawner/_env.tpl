@@ -31,6 +31,8 @@
   value: {{ .Values.worker.idleTimeout | quote }}
 - name: REXEC_CULL_INTERVAL
   value: {{ .Values.worker.cullInterval | quote }}
+- name: REXEC_MAX_WORKERS_PER_USER
+  value: {{ .Values.worker.maxPerUser | int64 | quote }}
 - name: REXEC_K8S_RELEASE
   value: {{ include "rexec.releaseLabel" . | quote }}
 - name: REXEC_K8S_NAMESPACE_PREFIX

@@ -1,8 +1,9 @@
 """The Kubernetes backend: per user a namespace, per worker a pod, all found again by label.
 
-Per user it creates a Namespace (``naming.make_namespace_name``) holding the NetworkPolicy
-``rexec-workers`` and, per worker name N, the Secret ``worker-N-credential``, the Pod
-``worker-N`` and, once an environment is set, the ConfigMap ``rexec-env-N``. Nothing lives only
+Per user it creates a Namespace (``naming.make_namespace_name``) holding the NetworkPolicy,
+ResourceQuota and LimitRange ``rexec-workers`` (kept up to date with the settings: see
+``_apply``) and, per worker name N, the Secret ``worker-N-credential``, the Pod ``worker-N`` and,
+once an environment is set, the ConfigMap ``rexec-env-N``. Nothing lives only
 in memory: every answer is read from the cluster (the pod, its events) and from the broker (has
 the worker registered?), so a restarted spawner reports and deletes the workers a previous one
 made. In memory there is only a cache of when each progress step was first seen.
@@ -12,8 +13,12 @@ removes the worker's pod, credential and remembered environment, and the namespa
 everything left in it once the user has no other worker pod (environments remembered for names
 that have no pod go with it). Idle culling deletes the same way.
 
+A user may have ``REXEC_MAX_WORKERS_PER_USER`` active workers: ``ensure`` counts them and
+creates the new one under the user's lock, so concurrent requests cannot overshoot; the
+namespace's ResourceQuota makes the API server refuse more pods in any case.
+
 Run one spawner replica per release: the locks that keep a user's namespace from being created
-and deleted at the same time are in this process.
+and deleted at the same time, and its workers from being counted twice, are in this process.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rexec.credentials import make_worker_credential
-from rexec.errors import SpawnError
+from rexec.errors import SpawnError, WorkerLimitReached
 from rexec_spawner.activity import ActivityUnavailable, BrokerActivity, WorkerActivity
 from rexec_spawner.backends.base import (
     EnvironmentSpec,
@@ -37,6 +42,7 @@ from rexec_spawner.backends.base import (
     WorkerBackend,
     WorkerRecord,
     WorkerState,
+    check_worker_limit,
     check_worker_name,
 )
 from rexec_spawner.backends.kubernetes import naming, objects
@@ -47,8 +53,16 @@ from rexec_spawner.backends.kubernetes.client import (
     NotFound,
     make_api_client,
 )
-from rexec_spawner.backends.kubernetes.readiness import PodAssessment, assess_pod
-from rexec_spawner.backends.kubernetes.spec import make_network_spec, make_worker_spec
+from rexec_spawner.backends.kubernetes.readiness import (
+    PodAssessment,
+    admission_settling,
+    assess_pod,
+)
+from rexec_spawner.backends.kubernetes.spec import (
+    make_network_spec,
+    make_quota_spec,
+    make_worker_spec,
+)
 from rexec_spawner.config import SpawnerSettings
 
 log = logging.getLogger(__name__)
@@ -104,6 +118,7 @@ class KubernetesBackend(WorkerBackend):
         self.poll_interval = poll_interval
         self._signing_key = signing_key
         self._network = make_network_spec(settings)  # validates the broker backend URL early
+        self._quota = make_quota_spec(settings)
         self._seen: dict[tuple[str, str], _Seen] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._user_locks: dict[str, asyncio.Lock] = {}
@@ -127,7 +142,8 @@ class KubernetesBackend(WorkerBackend):
         return self._locks.setdefault((user, name), asyncio.Lock())
 
     def _user_lock(self, user: str) -> asyncio.Lock:
-        """Held while the user's namespace is made, filled or deleted, so those never overlap."""
+        """Held while the user's namespace is made, filled or deleted, so those never overlap,
+        and while the user's workers are counted and a new one is created."""
         return self._user_locks.setdefault(user, asyncio.Lock())
 
     # --- the interface -----------------------------------------------------------------------
@@ -151,6 +167,12 @@ class KubernetesBackend(WorkerBackend):
                     f"(release {self.k8s.release!r}); remove it or change REXEC_K8S_RELEASE"
                 )
             async with self._user_lock(user):
+                # Counted and created under one lock: two requests of one user cannot both see
+                # room for one more. (This worker is not active here, so it is never counted.)
+                limit = self.settings.max_workers_per_user
+                if limit:
+                    active = [record.name for record in await self.list(user) if record.active]
+                    check_worker_limit(active, name, limit)
                 return await self._start(user, name, namespace)
 
     async def get(self, user: str, name: str) -> WorkerRecord | None:
@@ -286,9 +308,13 @@ class KubernetesBackend(WorkerBackend):
                     f"{NAMESPACE_TIMEOUT:g} s; try again later"
                 )
             await asyncio.sleep(self.poll_interval)
-        await self._apply(
-            objects.make_network_policy(self.k8s.release, user, namespace, self._network)
-        )
+        release = self.k8s.release
+        await self._apply(objects.make_network_policy(release, user, namespace, self._network))
+        await self._apply(objects.make_limit_range(release, user, namespace, self._quota))
+        if self._quota.max_workers:
+            await self._apply(objects.make_resource_quota(release, user, namespace, self._quota))
+        elif await self.api.delete("ResourceQuota", namespace, naming.POLICY_NAME):
+            log.info("deleted the ResourceQuota of %s: REXEC_MAX_WORKERS_PER_USER is 0", namespace)
 
     def _check_pod_security_labels(self, namespace: Json) -> None:
         """Warn (once per namespace) about one made without today's Pod Security labels.
@@ -344,8 +370,13 @@ class KubernetesBackend(WorkerBackend):
         spec = make_worker_spec(self.settings, user, name, instance, environment)
         credential = make_worker_credential(self._signing_key, user, name)
         await self.api.delete("Secret", namespace, naming.secret_name(name))
-        await self.api.create(objects.make_credential_secret(spec, credential))
-        pod = await self._create_pod(objects.make_worker_pod(spec))
+        await self._create_admitted(objects.make_credential_secret(spec, credential))
+        try:
+            pod = await self._create_admitted(objects.make_worker_pod(spec))
+        except WorkerLimitReached:
+            # No pod will read it: a credential must not outlive its purpose.
+            await self.api.delete("Secret", namespace, naming.secret_name(name))
+            raise
         seen = _Seen(instance)
         self._seen[(user, name)] = seen
         log.info("created worker pod %s/%s for user %r", namespace, naming.pod_name(name), user)
@@ -355,19 +386,25 @@ class KubernetesBackend(WorkerBackend):
         task.add_done_callback(self._monitors.discard)
         return record
 
-    async def _create_pod(self, manifest: Json) -> Json:
-        # A namespace made a moment ago may not have its default ServiceAccount yet; the
-        # ServiceAccount admission plugin refuses pods until it has.
+    async def _create_admitted(self, manifest: Json) -> Json:
+        """Create a worker's Secret or Pod, waiting out what a namespace made a moment ago may
+        still lack, and telling the user when the namespace's quota is full."""
         deadline = time.monotonic() + ADMISSION_TIMEOUT
         while True:
             try:
                 return dict(await self.api.create(manifest))
             except Forbidden as exc:
-                if "serviceaccount" not in str(exc).replace(" ", "").lower():
+                if "exceeded quota" in exc.detail:
+                    raise WorkerLimitReached(
+                        f"the cluster refused another worker for you ({exc.detail}); delete a "
+                        "worker you no longer need (DELETE /api/v1/workers/NAME), stopped and "
+                        "failed ones included"
+                    ) from None
+                if not admission_settling(exc.detail):
                     raise
                 if time.monotonic() > deadline:
                     raise SpawnError(
-                        f"the namespace's default ServiceAccount did not appear within "
+                        f"the new namespace was not ready for workers within "
                         f"{ADMISSION_TIMEOUT:g} s (is the controller manager running?): {exc}"
                     ) from None
                 await asyncio.sleep(self.poll_interval)

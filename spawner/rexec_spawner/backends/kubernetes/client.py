@@ -99,6 +99,8 @@ class KubeApi:
             "Secret": self.core.create_namespaced_secret,
             "ConfigMap": self.core.create_namespaced_config_map,
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
+            "ResourceQuota": self.core.create_namespaced_resource_quota,
+            "LimitRange": self.core.create_namespaced_limit_range,
         }
         args = (manifest,) if kind == "Namespace" else (namespace, manifest)
         result: Json = await self._call(what, creators[kind], *args)
@@ -113,6 +115,8 @@ class KubeApi:
         replacers: dict[str, Callable[..., Any]] = {
             "ConfigMap": self.core.replace_namespaced_config_map,
             "NetworkPolicy": self.networking.replace_namespaced_network_policy,
+            "ResourceQuota": self.core.replace_namespaced_resource_quota,
+            "LimitRange": self.core.replace_namespaced_limit_range,
         }
         result: Json = await self._call(
             f"update {kind} {meta['namespace']}/{meta['name']}",
@@ -138,6 +142,8 @@ class KubeApi:
         readers: dict[str, Callable[..., Any]] = {
             "ConfigMap": self.core.read_namespaced_config_map,
             "NetworkPolicy": self.networking.read_namespaced_network_policy,
+            "ResourceQuota": self.core.read_namespaced_resource_quota,
+            "LimitRange": self.core.read_namespaced_limit_range,
         }
         return await self._maybe(f"read {kind} {namespace}/{name}", readers[kind], name, namespace)
 
@@ -174,6 +180,7 @@ class KubeApi:
             "Pod": self.core.delete_namespaced_pod,
             "Secret": self.core.delete_namespaced_secret,
             "ConfigMap": self.core.delete_namespaced_config_map,
+            "ResourceQuota": self.core.delete_namespaced_resource_quota,
         }
         try:
             await self._call(f"delete {kind} {namespace}/{name}", deleters[kind], name, namespace)
@@ -194,7 +201,12 @@ class NotFound(SpawnError):
 
 
 class Forbidden(SpawnError):
-    """The API refused the call (403): RBAC, or admission (e.g. the namespace is terminating)."""
+    """The API refused the call (403): RBAC, or admission (e.g. the namespace is terminating, a
+    quota is full). ``detail`` is the API server's own message."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def _api_error(what: str, exc: ApiException) -> SpawnError:
@@ -208,6 +220,7 @@ def _api_error(what: str, exc: ApiException) -> SpawnError:
         return NotFound(f"{what}: not found")
     if exc.status == 403:
         return Forbidden(
-            f"{what}: forbidden ({message}); check the spawner's RBAC (ClusterRole of the chart)"
+            f"{what}: forbidden ({message}); check the spawner's RBAC (ClusterRole of the chart)",
+            message,
         )
     return SpawnError(f"{what}: Kubernetes API error {exc.status} ({message})")

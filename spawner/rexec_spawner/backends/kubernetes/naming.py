@@ -26,7 +26,10 @@ ANNOTATION_SPEC_HASH = "rexec.dev/spec-hash"
 COMPONENT_WORKER = "worker"
 COMPONENT_ENVIRONMENT = "environment"
 COMPONENT_USER = "user"
-NETWORK_POLICY_NAME = "rexec-workers"
+# The name of each namespace-wide object the backend keeps (NetworkPolicy, ResourceQuota,
+# LimitRange); RBAC grants get/update/delete on these kinds for this name only.
+POLICY_NAME = "rexec-workers"
+NETWORK_POLICY_NAME = POLICY_NAME
 POD_SECURITY_LEVEL = "restricted"
 POD_SECURITY_PREFIX = "pod-security.kubernetes.io/"
 CREDENTIAL_KEY = "credential"

@@ -17,6 +17,10 @@ expected dicts. The worker pod
   ingress and allows egress only to the broker's backend port, the cluster DNS pods on port 53
   and (if configured) package indexes on HTTPS.
 
+The namespace's ResourceQuota and LimitRange make the cluster enforce the per-user worker limit
+and the profiles' sizes even for pods the spawner did not count (a bug, a race, a second
+spawner): at most ``max workers`` pods, each within the largest profile.
+
 :func:`stamp` adds a digest of a manifest to it, so the backend can tell that an object made by
 an older spawner (or with other settings) differs from what it would make now, and replace it.
 """
@@ -31,11 +35,13 @@ from typing import Any
 
 from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes import naming
+from rexec_spawner.backends.kubernetes.quantity import format_quantity, parse_quantity
 from rexec_spawner.backends.kubernetes.spec import (
     DNS_PORT,
     HTTPS_PORT,
     NAMESPACE_NAME_LABEL,
     NetworkSpec,
+    QuotaSpec,
     WorkerSpec,
 )
 
@@ -48,6 +54,9 @@ HOME_DIR = "/home/rexec"
 TMP_DIR = "/tmp"
 ENV_ROOT = "/opt/rexec/envs"
 TERMINATION_GRACE_SECONDS = 10
+# Secrets a user's namespace may hold besides one credential per worker: the default
+# ServiceAccount's token Secret (Kubernetes before 1.24 makes one) and room for its rotation.
+EXTRA_SECRETS = 4
 
 
 def make_namespace(
@@ -126,6 +135,55 @@ def make_network_policy(release: str, user: str, namespace: str, network: Networ
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
             "egress": egress,
+        },
+    }
+
+
+def make_resource_quota(release: str, user: str, namespace: str, quota: QuotaSpec) -> Manifest:
+    """At most ``max_workers`` pods and their credentials, and the CPU, memory and local disk
+    of as many pods of the largest profile, requested and limited."""
+    workers = quota.max_workers
+    resources = quota.largest.resources()
+    hard = {"pods": str(workers), "secrets": str(workers + EXTRA_SECRETS)}
+    for kind in ("requests", "limits"):
+        for resource, value in resources[kind].items():
+            hard[f"{kind}.{resource}"] = format_quantity(workers * parse_quantity(value))
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {
+            "name": naming.POLICY_NAME,
+            "namespace": namespace,
+            "labels": naming.base_labels(release, user),
+        },
+        "spec": {"hard": hard},
+    }
+
+
+def make_limit_range(release: str, user: str, namespace: str, quota: QuotaSpec) -> Manifest:
+    """Every container at most the largest profile; one that names no resources gets it.
+
+    ``defaultRequest`` is given explicitly: left out, Kubernetes would default requests to the
+    limits.
+    """
+    resources = quota.largest.resources()
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": {
+            "name": naming.POLICY_NAME,
+            "namespace": namespace,
+            "labels": naming.base_labels(release, user),
+        },
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "default": resources["limits"],
+                    "defaultRequest": resources["requests"],
+                    "max": resources["limits"],
+                }
+            ]
         },
     }
 

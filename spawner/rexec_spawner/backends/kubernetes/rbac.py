@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rexec_spawner.backends.kubernetes.naming import NETWORK_POLICY_NAME
+from rexec_spawner.backends.kubernetes.naming import POLICY_NAME
 
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create", "delete"]},
@@ -29,7 +29,21 @@ RBAC_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": ["networking.k8s.io"],
         "resources": ["networkpolicies"],
-        "resourceNames": [NETWORK_POLICY_NAME],
+        "resourceNames": [POLICY_NAME],
+        "verbs": ["get", "update"],
+    },
+    # The namespace's quota and container limits; the quota goes when the limit is turned off.
+    {"apiGroups": [""], "resources": ["resourcequotas", "limitranges"], "verbs": ["create"]},
+    {
+        "apiGroups": [""],
+        "resources": ["resourcequotas"],
+        "resourceNames": [POLICY_NAME],
+        "verbs": ["get", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["limitranges"],
+        "resourceNames": [POLICY_NAME],
         "verbs": ["get", "update"],
     },
 ]

@@ -7,6 +7,8 @@ usable worker.
 A pod is reported failed at once, with Kubernetes' own words, when it cannot be scheduled (and
 no cluster autoscaler is adding a node for it), when its image cannot be pulled, when its
 container keeps crashing or cannot be created, and when it has terminated with an error.
+:func:`admission_settling` tells a refusal to admit a pod that only means "not yet" from one
+that stands.
 """
 
 from __future__ import annotations
@@ -155,4 +157,20 @@ def assess_pod(pod: Json, events: list[Json]) -> PodAssessment:
 def _event_time(event: Json) -> str:
     return str(
         event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp") or ""
+    )
+
+
+def admission_settling(detail: str) -> bool:
+    """Whether an admission refusal only means the namespace is still being set up.
+
+    The ServiceAccount plugin refuses pods until the namespace's default ServiceAccount (and,
+    before Kubernetes 1.24, its token) exists; the ResourceQuota plugin refuses what a new quota
+    covers until the quota controller has counted the namespace ("status unknown"). Both are
+    done by the controller manager within about a second.
+    """
+    text = detail.lower()
+    if "cannot " in text:  # RBAC: "... cannot create resource ..." never settles
+        return False
+    return (
+        "service account" in text or "serviceaccount" in text or "status unknown for quota" in text
     )

@@ -7,13 +7,15 @@ expression and compare dicts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from rexec.errors import ConfigError
 from rexec_spawner.backends.base import EnvironmentSpec
 from rexec_spawner.backends.kubernetes.naming import make_namespace_name
-from rexec_spawner.config import ResourceProfile, SpawnerSettings
+from rexec_spawner.backends.kubernetes.quantity import parse_quantity
+from rexec_spawner.config import PROFILE_KEYS, ResourceProfile, SpawnerSettings
 
 DNS_PORT = 53
 HTTPS_PORT = 443
@@ -58,6 +60,38 @@ class WorkerSpec:
     environment: EnvironmentSpec | None = None
     # The operator's requirements policy, as the worker reads it when it re-checks a request.
     policy_variables: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class QuotaSpec:
+    """What one user's namespace may hold, whatever created the pods in it.
+
+    ``max_workers`` pods (0: no ResourceQuota), each at most ``largest``: per resource, the
+    largest request and limit of any profile, so a pod of every profile fits.
+    """
+
+    max_workers: int
+    largest: ResourceProfile
+
+
+def largest_profile(profiles: Mapping[str, ResourceProfile]) -> ResourceProfile:
+    """Per key, the largest value among ``profiles``, spelled as that profile spells it.
+
+    Each profile's requests are at most its limits, so the largest request is at most the
+    largest limit and the result is a valid profile too.
+    """
+    values = {
+        key: max((getattr(p, key) for p in profiles.values()), key=parse_quantity)
+        for key in PROFILE_KEYS
+    }
+    return ResourceProfile(**values)
+
+
+def make_quota_spec(settings: SpawnerSettings) -> QuotaSpec:
+    return QuotaSpec(
+        max_workers=settings.max_workers_per_user,
+        largest=largest_profile(settings.kubernetes.profiles),
+    )
 
 
 def broker_port(url: str) -> int:
