@@ -100,6 +100,7 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
         (["worker.tmpVolumeSize=big"], "at '/worker/tmpVolumeSize'"),
         (["worker.podSecurityVersion=1.30"], "at '/worker/podSecurityVersion'"),
         (["worker.maxPerUser=-1"], "at '/worker/maxPerUser'"),
+        (["spawner.maxBodyBytes=0"], "at '/spawner/maxBodyBytes'"),
         (["broker.resources.limits.ephemeral-storage=x"], "at '/broker/resources/limits"),
         (["worker.namespacePrefix=Users_"], "at '/worker/namespacePrefix'"),
         (["authApiUrl=idp.example.org"], "at '/authApiUrl'"),
@@ -449,6 +450,7 @@ def test_env_names_are_ones_the_code_documents(helm: Path, which: str) -> None:
 NOT_FOR_THE_CHART = {
     "REXEC_K8S_KUBECONFIG": "in a pod the spawner uses its ServiceAccount (extraEnv can set it)",
     "REXEC_WORKER_COMMAND": "the local backend's worker command",
+    "REXEC_LOCAL_USERS": "who the local backend serves",
 }
 
 
@@ -488,6 +490,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert (k8s.tmp_volume_size, k8s.home_volume_size) == ("3Gi", "1Gi")
         assert k8s.pod_security_version == "v1.30"
         assert settings.max_workers_per_user == 3
+        assert settings.max_body_bytes == 65536
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
         assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}

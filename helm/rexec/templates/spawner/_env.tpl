@@ -27,6 +27,8 @@
 {{- end }}
 - name: REXEC_WORKER_READY_TIMEOUT
   value: {{ .Values.spawner.workerReadyTimeout | quote }}
+- name: REXEC_SPAWNER_MAX_BODY_BYTES
+  value: {{ .Values.spawner.maxBodyBytes | int64 | quote }}
 - name: REXEC_IDLE_TIMEOUT
   value: {{ .Values.worker.idleTimeout | quote }}
 - name: REXEC_CULL_INTERVAL
