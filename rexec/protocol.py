@@ -21,6 +21,7 @@ messages (register, ping, pong...) carry an empty tag.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Final
@@ -32,6 +33,11 @@ from rexec.errors import ProtocolError
 PROTOCOL_VERSION: Final = 1
 MAX_HEADER_BYTES: Final = 16 * 1024
 MAX_ID_LENGTH: Final = 64
+# What a worker may report about itself (its ``info`` at registration, its ping ``stats``): the
+# broker keeps it and repeats it in welcomes, so it must leave room in a header for the rest.
+MAX_INFO_BYTES: Final = 4 * 1024
+MAX_INFO_KEYS: Final = 32
+MAX_INFO_TEXT: Final = 1024
 # Requests one client connection may have in flight at the broker. Clients keep any beyond it
 # waiting on their side, so a caller may start more without being refused.
 MAX_INFLIGHT_PER_CLIENT: Final = 10_000
@@ -179,6 +185,46 @@ def valid_id(value: object) -> bool:
 
 def valid_worker_name(value: object) -> bool:
     return isinstance(value, str) and _WORKER_NAME_RE.fullmatch(value) is not None
+
+
+def check_worker_info(info: object, what: str = "worker info") -> dict[str, Any]:
+    """``info`` if it is a small flat object of plain values; ``ProtocolError`` saying what is
+    wrong otherwise.
+
+    Keys are short strings; values are None, booleans, integers within 2**53, finite floats,
+    strings of at most ``MAX_INFO_TEXT`` characters, or lists of at most ``MAX_INFO_KEYS`` such
+    scalars; the whole encodes to at most ``MAX_INFO_BYTES``.
+    """
+    if type(info) is not dict:
+        raise ProtocolError(f"{what} must be a JSON object")
+    if len(info) > MAX_INFO_KEYS:
+        raise ProtocolError(f"{what} has {len(info)} keys, more than {MAX_INFO_KEYS}")
+    for key, value in info.items():
+        if type(key) is not str or not 0 < len(key) <= MAX_ID_LENGTH:
+            raise ProtocolError(f"{what} keys must be strings of 1-{MAX_ID_LENGTH} characters")
+        if type(value) is list:
+            if len(value) > MAX_INFO_KEYS or not all(map(_plain_value, value)):
+                raise ProtocolError(f"{what}[{key!r}] must be a short list of plain values")
+        elif not _plain_value(value):
+            raise ProtocolError(f"{what}[{key!r}] must be a plain value (number, text, bool)")
+    size = len(_encode_header(info))
+    if size > MAX_INFO_BYTES:
+        raise ProtocolError(f"{what} is {size} bytes encoded, over the {MAX_INFO_BYTES}-byte limit")
+    return info
+
+
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _plain_value(value: object) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) <= MAX_INFO_TEXT  # type: ignore[arg-type]
+    if kind is int:
+        return -(2**53) <= value <= 2**53  # type: ignore[operator]
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is bool or value is None
 
 
 def error_info(code: str, message: str) -> dict[str, str]:

@@ -11,8 +11,10 @@ Liveness is layered:
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,13 +144,54 @@ def open_monitor(sock: zmq.Socket) -> zmq.Socket:
 
 def read_monitor_events(monitor: zmq.Socket) -> list[int]:
     """Drain pending monitor events without blocking; return their event numbers."""
-    events: list[int] = []
+    return [event for event, _ in read_monitor_values(monitor)]
+
+
+def read_monitor_values(monitor: zmq.Socket) -> list[tuple[int, int]]:
+    """Drain pending monitor events without blocking; return ``(event, value)`` pairs (the
+    value of an accepted or disconnected connection is its file descriptor)."""
+    events: list[tuple[int, int]] = []
     while True:
         try:
             message = recv_monitor_message(monitor, flags=zmq.NOBLOCK)
         except zmq.Again:
             return events
-        events.append(int(message["event"]))
+        events.append((int(message["event"]), int(message["value"])))
+
+
+_seeded = False
+
+
+def seed_connection_ids() -> None:
+    """Make the connection ids a ROUTER assigns unpredictable; call before creating one.
+
+    libzmq numbers the connections of a ROUTER from a value drawn with the C library's
+    ``rand()``, which it never seeds: every process starts at the same value. Knowing the next
+    id lets a peer that picks that id for itself make libzmq abort (see
+    ``rexec_broker.connections``). Seeding ``rand()`` from the operating system's random source
+    takes that knowledge away.
+    """
+    global _seeded
+    if _seeded:
+        return
+    libc = ctypes.CDLL(None)
+    libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    _seeded = True
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (every connection is a file
+    descriptor); return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)
 
 
 def _z85(key: str | bytes, what: str) -> bytes:

@@ -15,12 +15,24 @@ from rexec.credentials import load_key
 from rexec.errors import ConfigError
 from rexec.logs import configure_logging
 from rexec.protocol import MAX_INFLIGHT_PER_CLIENT
+from rexec.transport import raise_open_file_limit
 from rexec_broker.config import (
     DEFAULT_BACKEND,
     DEFAULT_FRONTEND,
     DEFAULT_MAX_MESSAGE_BYTES,
     BrokerSettings,
 )
+from rexec_broker.connections import ConnectionLimits
+
+
+def _env_number(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {text!r}") from None
 
 
 def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -69,6 +81,41 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="requests one client connection may have in flight; clients keep more waiting "
         "on their side [REXEC_MAX_IN_FLIGHT, %(default)s]",
     )
+    defaults = ConnectionLimits()
+    parser.add_argument(
+        "--greet-within",
+        type=float,
+        default=_env_number("REXEC_BROKER_GREET_WITHIN", defaults.greet_within),
+        help="seconds a new connection has to authenticate before it is closed "
+        "[REXEC_BROKER_GREET_WITHIN, %(default)s]",
+    )
+    parser.add_argument(
+        "--max-pending-per-address",
+        type=int,
+        default=int(_env_number("REXEC_BROKER_MAX_PENDING_PER_ADDRESS", defaults.per_address)),
+        help="unauthenticated connections one IP address may hold, per port "
+        "[REXEC_BROKER_MAX_PENDING_PER_ADDRESS, %(default)s]",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=int(_env_number("REXEC_BROKER_MAX_PENDING", defaults.total)),
+        help="unauthenticated connections in all, per port [REXEC_BROKER_MAX_PENDING, %(default)s]",
+    )
+    parser.add_argument(
+        "--connection-rate",
+        type=float,
+        default=_env_number("REXEC_BROKER_CONNECTION_RATE", defaults.rate),
+        help="new connections per second one IP address may open after a burst of "
+        "--connection-burst [REXEC_BROKER_CONNECTION_RATE, %(default)s]",
+    )
+    parser.add_argument(
+        "--connection-burst",
+        type=int,
+        default=int(_env_number("REXEC_BROKER_CONNECTION_BURST", defaults.burst)),
+        help="new connections one IP address may open at once [REXEC_BROKER_CONNECTION_BURST, "
+        "%(default)s]",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_auth_arguments(parser)
     return parser
@@ -92,6 +139,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             allow_plaintext=args.allow_plaintext,
             max_message_bytes=args.max_message_bytes,
             max_in_flight=args.max_in_flight,
+            connection_limits=ConnectionLimits(
+                per_address=args.max_pending_per_address,
+                total=args.max_pending,
+                rate=args.connection_rate,
+                burst=args.connection_burst,
+                greet_within=args.greet_within,
+            ),
         )
         broker = Broker(
             settings, make_validator(settings.auth), load_key(settings.signing_key_path)
@@ -99,6 +153,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except ConfigError as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 2
+    raise_open_file_limit()  # every connection is a file descriptor
     signal.signal(signal.SIGTERM, lambda *_: broker.stop())
     signal.signal(signal.SIGINT, lambda *_: broker.stop())
     broker.serve_forever()

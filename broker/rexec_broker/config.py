@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError
 from rexec.protocol import MAX_INFLIGHT_PER_CLIENT
 from rexec.transport import HIGH_WATER_MARK, is_loopback_url
+from rexec_broker.connections import ConnectionLimits
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5559"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5560"
@@ -34,8 +35,10 @@ class BrokerSettings:
     validation_threads: int = 8
     queue_depth: int = HIGH_WATER_MARK
     max_in_flight: int = MAX_INFLIGHT_PER_CLIENT
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def check(self) -> None:
+        self.connection_limits.check()
         if self.max_message_bytes < 64 * 1024:
             raise ConfigError("max message size must be at least 64 KiB")
         if self.max_in_flight < 1:

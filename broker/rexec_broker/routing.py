@@ -5,10 +5,16 @@ client's user comes from its validated token, a worker's user from its verified 
 connection ids are the ones ZeroMQ assigned. Nothing taken from a message body is trusted for
 routing: a worker's response is forwarded only if this very worker was sent that request by that
 very client.
+
+Workers never see connection ids. Each client connection gets a random *route tag*, which the
+broker puts on every message it forwards to a worker and the worker echoes back; the table maps
+tags back to connections. Connection ids are numbered by libzmq, and knowing them helps a peer
+attack the broker (see ``rexec_broker.connections``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +22,13 @@ from typing import Any
 from rexec import protocol as p
 
 WorkerKey = tuple[str, str]  # (user, worker name)
+Running = tuple[bytes, bytes, str]  # (worker connection id, route tag, request id)
 RequestKey = tuple[bytes, str]  # (client connection id, request id)
+TAG_BYTES = 8
+
+
+def make_route_tag() -> bytes:
+    return os.urandom(TAG_BYTES)
 
 
 @dataclass
@@ -29,6 +41,8 @@ class ClientConn:
     validated_at: float
     inflight: set[str] = field(default_factory=set)
     revalidating: bool = False
+    # What the worker sees instead of ``rid`` (see the module docstring).
+    tag: bytes = field(default_factory=make_route_tag, repr=False)
     # (user, worker name), built once: it is looked up on every request.
     worker_key: WorkerKey = field(init=False, repr=False, compare=False)
 
@@ -66,21 +80,28 @@ class RoutingTable:
         self.worker_by_key: dict[WorkerKey, bytes] = {}
         self.clients_by_key: dict[WorkerKey, set[bytes]] = {}
         self.inflight: dict[RequestKey, bytes] = {}
+        self.by_tag: dict[bytes, bytes] = {}  # route tag -> client connection id
 
     # -- clients ---------------------------------------------------------------------------
 
-    def add_client(self, conn: ClientConn) -> list[RequestKey]:
+    def add_client(self, conn: ClientConn) -> list[Running]:
         """Bind a connection to a user; a re-hello on the same connection replaces the old one."""
         orphaned = self.remove_client(conn.rid) if conn.rid in self.clients else []
+        while conn.tag in self.by_tag:  # 2**64 tags: practically never
+            conn.tag = make_route_tag()
         self.clients[conn.rid] = conn
+        self.by_tag[conn.tag] = conn.rid
         self.clients_by_key.setdefault(conn.worker_key, set()).add(conn.rid)
         return orphaned
 
-    def remove_client(self, rid: bytes) -> list[tuple[bytes, str]]:
-        """Forget a client; return (worker rid, request id) of its requests still running."""
+    def remove_client(self, rid: bytes) -> list[Running]:
+        """Forget a client; return (worker rid, route tag, request id) of its requests still
+        running, for cancelling them."""
         conn = self.clients.pop(rid, None)
         if conn is None:
             return []
+        if self.by_tag.get(conn.tag) == rid:
+            del self.by_tag[conn.tag]
         peers = self.clients_by_key.get(conn.worker_key)
         if peers is not None:
             peers.discard(rid)
@@ -90,7 +111,7 @@ class RoutingTable:
         for request_id in conn.inflight:
             worker_rid = self.inflight.pop((rid, request_id), None)
             if worker_rid is not None:
-                running.append((worker_rid, request_id))
+                running.append((worker_rid, conn.tag, request_id))
                 worker = self.workers.get(worker_rid)
                 if worker is not None:
                     worker.inflight.discard((rid, request_id))
@@ -164,11 +185,15 @@ class RoutingTable:
         return self.inflight.get((client_rid, request_id))
 
     def route_response(self, worker_rid: bytes, tag: bytes, request_id: str) -> bytes | None:
-        """The client a worker message may go to, or None if the worker has no such request.
+        """The client connection a worker message with route tag ``tag`` may go to, or None if
+        this worker has no such request.
 
         A terminal reply also needs ``finish_request``; the broker calls it after forwarding.
         """
-        return tag if self.inflight.get((tag, request_id)) == worker_rid else None
+        rid = self.by_tag.get(tag)
+        if rid is None or self.inflight.get((rid, request_id)) != worker_rid:
+            return None
+        return rid
 
     def finish_request(self, key: RequestKey) -> None:
         worker_rid = self.inflight.pop(key, None)

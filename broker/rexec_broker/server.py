@@ -7,8 +7,11 @@ is parsed.
 
 Every request and every reply crosses this loop, so its hot paths are written for CPU cost:
 pyzmq's compiled send/receive (through ``rexec.transport``) instead of its multipart helpers,
-``epoll`` over raw file descriptors instead of ``zmq.Poller``, and the routing id frame a
-message arrived with is forwarded as the route tag instead of being rebuilt.
+and ``epoll`` over raw file descriptors instead of ``zmq.Poller``.
+
+Nothing one peer sends can end the loop: a message that makes a handler fail is logged and
+dropped, and so is a failure in any other step of a turn. Which connections may stay, and for how
+long without authenticating, is decided per router by ``rexec_broker.connections``.
 
 Dead peers are found without trusting app-level heartbeats (a busy worker may hold its GIL for
 minutes): libzmq's ZMTP heartbeats close dead connections, the socket monitors report the close,
@@ -34,26 +37,28 @@ from rexec.transport import (
     Waker,
     load_curve_secret,
     make_router,
-    open_monitor,
-    read_monitor_events,
+    read_monitor_values,
     readable,
     receive_message,
+    seed_connection_ids,
 )
 from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.admission import Admission, Admitted, Decision, Denied
 from rexec_broker.config import BrokerSettings
+from rexec_broker.connections import ConnectionGuard
 from rexec_broker.outbound import Outbound, PeerKey
-from rexec_broker.routing import ClientConn, Refusal, RoutingTable, WorkerConn
+from rexec_broker.routing import ClientConn, Refusal, RoutingTable, Running, WorkerConn
 
 log = logging.getLogger("rexec.broker")
 
-MAX_INFO_KEYS = 32
 SWEEP_INTERVAL = 5.0
+GUARD_INTERVAL = 1.0  # how often connections that did not authenticate in time are dropped
 PROBE_DELAYS = (0.0, 0.05, 0.3, 1.0)
 BACKLOG_RETRY_SECONDS = 0.005
 DRAIN_LIMIT = 500  # messages taken from one router before the other gets its turn
 DRAIN_ROUNDS = 4  # router passes per loop turn; the rest waits for the next turn (no sleep)
 FRONT, BACK = 1, 2  # bits naming the routers that must be checked for messages
+MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
@@ -77,6 +82,7 @@ class Broker:
         self.table = RoutingTable(settings.max_in_flight)
         self.activity = ActivityTracker()
         self.stats: collections.Counter[str] = collections.Counter()
+        seed_connection_ids()  # before any router exists: it draws its first id at creation
         self._context = zmq.Context(io_threads=2)
         self.frontend, self.backend = (
             make_router(
@@ -88,9 +94,17 @@ class Broker:
             )
             for url in (settings.frontend, settings.backend)
         )
+        self.front_guard = ConnectionGuard("client", settings.connection_limits)
+        self.back_guard = ConnectionGuard("worker", settings.connection_limits)
+        front_monitor = self.frontend.get_monitor_socket(MONITOR_EVENTS)
+        back_monitor = self.backend.get_monitor_socket(MONITOR_EVENTS)
         self._monitors = {
-            open_monitor(self.frontend): "clients",
-            open_monitor(self.backend): "workers",
+            front_monitor: ("clients", self.front_guard),
+            back_monitor: ("workers", self.back_guard),
+        }
+        self._guards = {
+            self.frontend: (self.front_guard, front_monitor),
+            self.backend: (self.back_guard, back_monitor),
         }
         self._waker = Waker()
         self.admission = Admission(
@@ -99,7 +113,8 @@ class Broker:
         self._stopping = False
         self._probe_at: list[tuple[float, str]] = []
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-        self._next_timer = self._next_sweep  # the earliest of the sweep and the probes
+        self._next_guard = time.monotonic() + GUARD_INTERVAL
+        self._next_timer = self._next_guard  # the earliest of the sweeps and the probes
         self._outbound = Outbound(self.frontend, self.backend, self._drop_peer, self.stats)
         # Bound once: every request and reply is sent through them.
         self._send, self._hold = self._outbound.send, self._outbound.hold
@@ -129,6 +144,7 @@ class Broker:
         drain, handle_client, handle_worker = self._drain, self._handle_client, self._handle_worker
         admission, backlogs = self.admission, self._outbound.backlogs
         ended = admission.ended  # checked every turn: no call when nothing ended
+        front_known, back_known = self.front_guard.known, self.back_guard.known
         # A ZeroMQ socket's descriptor only signals *changes*: it stays quiet while messages are
         # already queued, and any operation on the socket (a send included) may consume the
         # signal of a message that arrived meanwhile. So a router is drained until it reports
@@ -139,58 +155,72 @@ class Broker:
         self._handle_monitors(list(monitors.values()))
         try:
             while not self._stopping:
-                if check:
-                    timeout = 0.0
-                else:
-                    timeout = self._next_timer - monotonic()
-                    if backlogs and timeout > BACKLOG_RETRY_SECONDS:
-                        timeout = BACKLOG_RETRY_SECONDS
-                    elif timeout < 0.0:
+                try:
+                    if check:
                         timeout = 0.0
-                for fd, _ in poll(timeout):
-                    if fd == front_fd:
-                        signalled |= FRONT
-                    elif fd == back_fd:
-                        signalled |= BACK
-                    elif fd == waker_fd:
-                        self._waker.drain()
-                    elif fd in monitors:
-                        self._handle_monitors([monitors[fd]])
-                # Work that sends on either router comes first, so the drain below covers it.
-                if ended:
-                    for decision in admission.finished(self.table.clients):
-                        self._apply(decision)
-                    check = FRONT | BACK
-                if monotonic() >= self._next_timer:
-                    self._run_timers()
-                    check = FRONT | BACK
-                if backlogs:
-                    self._outbound.flush()
-                    check = FRONT | BACK
-                check |= signalled
-                for _ in range(DRAIN_ROUNDS):
-                    if check & FRONT:
-                        check ^= FRONT
-                        count = drain(frontend, handle_client, signalled & FRONT)
-                        if count:  # requests went to the workers
-                            check |= BACK if count < DRAIN_LIMIT else BACK | FRONT
-                    if check & BACK:
-                        check ^= BACK
-                        count = drain(backend, handle_worker, signalled & BACK)
-                        if count:  # replies went to the clients
-                            check |= FRONT if count < DRAIN_LIMIT else FRONT | BACK
-                    signalled = 0
-                    if not check:
-                        break
+                    else:
+                        timeout = self._next_timer - monotonic()
+                        if backlogs and timeout > BACKLOG_RETRY_SECONDS:
+                            timeout = BACKLOG_RETRY_SECONDS
+                        elif timeout < 0.0:
+                            timeout = 0.0
+                    for fd, _ in poll(timeout):
+                        if fd == front_fd:
+                            signalled |= FRONT
+                        elif fd == back_fd:
+                            signalled |= BACK
+                        elif fd == waker_fd:
+                            self._waker.drain()
+                        elif fd in monitors:
+                            self._handle_monitors([monitors[fd]])
+                    # Work that sends on either router comes first, so the drain below covers it.
+                    if ended:
+                        for decision in admission.finished(self.table.clients):
+                            self._apply(decision)
+                        check = FRONT | BACK
+                    if monotonic() >= self._next_timer:
+                        self._run_timers()
+                        check = FRONT | BACK
+                    if backlogs:
+                        self._outbound.flush()
+                        check = FRONT | BACK
+                    check |= signalled
+                    for _ in range(DRAIN_ROUNDS):
+                        if check & FRONT:
+                            check ^= FRONT
+                            count = drain(frontend, handle_client, signalled & FRONT, front_known)
+                            if count:  # requests went to the workers
+                                check |= BACK if count < DRAIN_LIMIT else BACK | FRONT
+                        if check & BACK:
+                            check ^= BACK
+                            count = drain(backend, handle_worker, signalled & BACK, back_known)
+                            if count:  # replies went to the clients
+                                check |= FRONT if count < DRAIN_LIMIT else FRONT | BACK
+                        signalled = 0
+                        if not check:
+                            break
+                except Exception:
+                    # A bug triggered by one peer must not take every user's broker down.
+                    log.exception("a broker loop step failed; carrying on")
+                    self.stats["loop_errors"] += 1
+                    self._outbound.release()
+                    check, signalled = FRONT | BACK, 0
         finally:
             poller.close()
             self._close()
 
     def _handle_monitors(self, monitors: list[zmq.Socket]) -> None:
         for monitor in monitors:
-            if zmq.EVENT_DISCONNECTED in read_monitor_events(monitor):
+            side, guard = self._monitors[monitor]
+            lost = False
+            for event, fd in read_monitor_values(monitor):
+                if event == zmq.EVENT_ACCEPTED:
+                    guard.accepted(fd)
+                elif event == zmq.EVENT_DISCONNECTED:
+                    guard.disconnected(fd)
+                    lost = True
+            if lost:
                 now = time.monotonic()
-                side = self._monitors[monitor]
                 self._probe_at.extend((now + delay, side) for delay in PROBE_DELAYS)
                 self._next_timer = min(self._next_timer, now)
 
@@ -203,18 +233,19 @@ class Broker:
         self._context.term()
         self._waker.close()
 
-    def _drain(self, sock: zmq.Socket, handler: Any, signalled: int) -> int:
+    def _drain(self, sock: zmq.Socket, handler: Any, signalled: int, known: set[bytes]) -> int:
         """Handle queued messages until the router has none left (or DRAIN_LIMIT were taken);
         return how many were taken.
 
         ``signalled`` says the router's descriptor woke the loop: a message is then almost
         certainly queued, so it is received without checking first. Handlers get the whole
-        message, routing id frame first: it is forwarded as is.
+        message, routing id frame first. ``known``: the connections whose first message passed
+        their router's guard; any other goes to ``_first_message`` first.
         """
         # Checking ZMQ_EVENTS is much cheaper than a receive that raises zmq.Again.
         if not signalled and not readable(sock):
             return 0
-        stats, hold = self.stats, self._hold
+        hold = self._hold
         count = 0
         burst = False
         try:
@@ -225,10 +256,7 @@ class Broker:
                     return count
                 count += 1
                 rid = frames[0].bytes
-                if rid[:1] != b"\0":
-                    # Peer-chosen identities could be reused to inherit another connection's state.
-                    stats["refused_custom_identity"] += 1
-                else:
+                if rid in known or self._first_message(sock, rid, frames):
                     try:
                         handler(rid, frames)
                     except Exception:
@@ -241,6 +269,12 @@ class Broker:
         finally:
             if burst:
                 self._outbound.release()
+
+    def _first_message(self, sock: zmq.Socket, rid: bytes, frames: list[zmq.Frame]) -> bool:
+        """A connection's first message: may it be handled? (Its guard decides.)"""
+        guard, monitor = self._guards[sock]
+        self._handle_monitors([monitor])  # the connection's accept, if not read yet
+        return guard.first_message(rid, frames[0])
 
     def _drop_peer(self, key: PeerKey, reason: str) -> None:
         if key[0]:
@@ -259,7 +293,7 @@ class Broker:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def _handle_client(self, rid: bytes, frames: list[zmq.Frame]) -> None:
+    def _handle_client(self, rid: bytes, frames: list[Any]) -> None:
         """One client message: ``[client routing id, header, payload...]``."""
         if len(frames) < 2:
             return
@@ -285,19 +319,15 @@ class Broker:
             if isinstance(target, Refusal):
                 self._fail_request(rid, request_id, target.code, target.message)
                 return
-            # The client's routing id frame goes on as the route tag. If the worker's
-            # connection is gone, dropping it has already failed this request.
+            client = self.table.clients[rid]  # start_request found it
+            # The worker sees the connection's route tag. If the worker's connection is gone,
+            # dropping it has already failed this request.
             worker_rid = target.rid
+            frames[0] = client.tag
             self._send(False, worker_rid, [worker_rid, *frames])
             # Bookkeeping after the send: the request does not wait for it.
             self.activity.seen[target.key] = time.time()
-            client = self.table.clients.get(rid)
-            if (
-                client is not None
-                and time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
-                and not client.revalidating
-            ):
-                self.admission.revalidate(client)
+            self._revalidate_if_due(client)
         elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
             self._client_followup(rid, header, frames)
         elif msg_type == p.PING:
@@ -321,14 +351,26 @@ class Broker:
             "send large data in pieces or from shared storage"
         )
 
-    def _client_followup(self, rid: bytes, header: dict[str, Any], frames: list[zmq.Frame]) -> None:
+    def _client_followup(self, rid: bytes, header: dict[str, Any], frames: list[Any]) -> None:
         request_id = header.get("id")
         worker_rid = self.table.followup_target(rid, request_id) if request_id else None
-        if worker_rid is None:
+        client = self.table.clients.get(rid)
+        if worker_rid is None or client is None:
             if header["t"] == p.NEXT and request_id:
                 self._fail_request(rid, request_id, p.E_UNKNOWN_REQUEST, "no such request")
             return
-        self._send(False, worker_rid, [worker_rid, *frames])  # frames[0]: the route tag
+        frames[0] = client.tag
+        self._send(False, worker_rid, [worker_rid, *frames])
+        self._revalidate_if_due(client)
+
+    def _revalidate_if_due(self, client: ClientConn) -> None:
+        """Check the client's token again in the background once its validation is older than
+        the cache TTL (a revoked token then ends the session)."""
+        if (
+            time.monotonic() - client.validated_at > self.settings.auth.cache_ttl
+            and not client.revalidating
+        ):
+            self.admission.revalidate(client)
 
     def _apply(self, decision: Decision) -> None:
         """Act on an admission decision: bind the client, or refuse it, or end its session."""
@@ -340,6 +382,7 @@ class Broker:
         else:
             log.info("token of user %s is no longer valid; closing its session", decision.user)
             self._drop_client(decision.rid)
+            self.front_guard.unauthenticated(decision.rid)
             self._to_client(
                 decision.rid, p.make_refused(p.E_AUTH_FAILED, "your token is no longer valid")
             )
@@ -354,7 +397,8 @@ class Broker:
             current.token, current.validated_at = admitted.token, conn.validated_at
             conn = current
         else:
-            self._cancel_on_workers(rid, self.table.add_client(conn))
+            self._cancel_on_workers(self.table.add_client(conn))
+        self.front_guard.authenticated(rid)
         worker_conn = self.table.worker_for(conn)
         info = worker_conn.info if worker_conn else None
         log.info("client connected: user=%s worker=%s", identity.user, worker)
@@ -372,15 +416,15 @@ class Broker:
     def _drop_client(self, rid: bytes) -> None:
         self.admission.forget(rid)
         self._outbound.forget((True, rid))
-        self._cancel_on_workers(rid, self.table.remove_client(rid))
+        self._cancel_on_workers(self.table.remove_client(rid))
 
-    def _cancel_on_workers(self, client_rid: bytes, running: list[tuple[bytes, str]]) -> None:
-        for worker_rid, request_id in running:
-            self._to_worker(worker_rid, client_rid, p.make_cancel(request_id))
+    def _cancel_on_workers(self, running: list[Running]) -> None:
+        for worker_rid, tag, request_id in running:
+            self._to_worker(worker_rid, tag, p.make_cancel(request_id))
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _handle_worker(self, rid: bytes, frames: list[zmq.Frame]) -> None:
+    def _handle_worker(self, rid: bytes, frames: list[Any]) -> None:
         """One worker message: ``[worker routing id, route tag, header, payload...]``."""
         if len(frames) < 3:
             return
@@ -399,26 +443,35 @@ class Broker:
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_UNAUTHENTICATED, "register first"))
             return
         if msg_type == p.PING:
-            if isinstance(header.get("stats"), dict):
-                worker.stats = header["stats"]
+            stats = header.get("stats")
+            if stats is not None:
+                try:
+                    worker.stats = p.check_worker_info(stats, "ping stats")
+                except ProtocolError:
+                    self.stats["bad_worker_stats"] += 1
             self._to_worker(rid, p.NO_TAG, p.make_pong())
             return
         request_id = header.get("id")
-        if not isinstance(request_id, str) or not self.table.route_response(rid, tag, request_id):
+        if type(request_id) is not str:
+            self.stats["dropped_unrouted"] += 1
+            return
+        client_rid = self.table.route_response(rid, tag, request_id)
+        if client_rid is None:
             self.stats["dropped_unrouted"] += 1
             return
         terminal = msg_type == _REPLY
         # Each frame is capped by the router's ZMQ_MAXMSGSIZE; the total is checked here.
         size = sum(map(len, frames)) - len(rid)
         if size > self.settings.max_message_bytes:
-            self.table.finish_request((tag, request_id))
+            self.table.finish_request((client_rid, request_id))
             if not terminal:
                 self._to_worker(rid, tag, p.make_cancel(request_id))
-            self._fail_request(tag, request_id, p.E_TOO_LARGE, self._too_large(size))
+            self._fail_request(client_rid, request_id, p.E_TOO_LARGE, self._too_large(size))
             return
-        self._send(True, tag, frames[1:])  # the route tag is the client's routing id
+        frames[1] = client_rid  # the route tag makes way for the client's connection id
+        self._send(True, client_rid, frames[1:])
         if terminal:  # bookkeeping after the send: the reply does not wait for it
-            self.table.finish_request((tag, request_id))
+            self.table.finish_request((client_rid, request_id))
             self.activity.seen[worker.key] = time.time()
 
     def _worker_register(self, rid: bytes, header: dict[str, Any]) -> None:
@@ -428,8 +481,12 @@ class Broker:
             self.stats["worker_refused"] += 1
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_AUTH_FAILED, str(exc)))
             return
-        info = header.get("info")
-        info = info if isinstance(info, dict) and len(info) <= MAX_INFO_KEYS else {}
+        try:
+            info = p.check_worker_info(header.get("info", {}))
+        except ProtocolError as exc:
+            self.stats["worker_refused"] += 1
+            self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
+            return
         existing = self.table.workers.get(rid)
         if existing is not None and existing.key != (claims.user, claims.worker):
             self._drop_worker(rid, "the worker re-registered as someone else")
@@ -439,6 +496,7 @@ class Broker:
             self._to_worker(
                 replaced.rid, p.NO_TAG, p.make_refused(p.E_REPLACED, "a newer worker registered")
             )
+        self.back_guard.authenticated(rid)
         log.info("worker registered: user=%s worker=%s", claims.user, claims.worker)
         self._to_worker(
             rid,
@@ -481,4 +539,12 @@ class Broker:
         if "clients" in due:
             for rid in list(self.table.clients):
                 self._to_client(rid, p.make_probe())
-        self._next_timer = min([self._next_sweep, *(at for at, _ in self._probe_at)])
+        if now >= self._next_guard:
+            self._next_guard = now + GUARD_INTERVAL
+            for guard, monitor in self._guards.values():
+                if guard.waiting:
+                    self._handle_monitors([monitor])  # closes reported meanwhile come first
+                    guard.sweep()
+        self._next_timer = min(
+            [self._next_sweep, self._next_guard, *(at for at, _ in self._probe_at)]
+        )

@@ -147,7 +147,11 @@ def describe() -> dict[str, str]:
     """What the worker reports about its environment at registration."""
     info = {"env_id": current_env_id()}
     if _startup_error:
-        info["env_error"] = _startup_error[0]
+        error = _startup_error[0]
+        # The broker refuses a worker whose info holds longer texts; the log has all of it.
+        if len(error) > p.MAX_INFO_TEXT:
+            error = error[: p.MAX_INFO_TEXT - 20] + " ... (see the log)"
+        info["env_error"] = error
     return info
 
 

@@ -80,11 +80,11 @@ def test_requests_without_hello_and_chosen_identities_go_nowhere(broker_stack):
     anonymous.send_multipart(p.make_request("r1", p.OP_EXECUTE, [b"print(1)"]))
     reply = _recv_header(anonymous)
     assert reply is not None and reply["error"]["code"] == p.E_UNAUTHENTICATED
-    # A peer that picks its own ROUTING_ID is ignored even with a valid token.
+    # A peer that picks its own ROUTING_ID is ignored (and disconnected) even with a valid token.
     chosen = _raw_dealer(broker_stack.frontend, routing_id=b"alice-client")
     chosen.send_multipart(p.make_hello(token, "default", {}))
     assert _recv_header(chosen, 1000) is None
-    assert broker_stack.broker.stats["refused_custom_identity"] >= 1
+    assert broker_stack.broker.front_guard.stats.refused["chosen_id"] >= 1
     anonymous.close()
     chosen.close()
 

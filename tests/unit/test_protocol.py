@@ -109,3 +109,22 @@ def test_request_ids_must_match_the_whole_pattern(request_id):
     frame = json.dumps({"v": 1, "t": "request", "id": request_id}).encode()
     with pytest.raises(ProtocolError, match="request id"):
         p.parse_header(frame)
+
+
+def test_worker_info_is_small_flat_and_plain():
+    info = {"python": "3.11.7", "pid": 42, "busy": True, "load": 0.5, "env": None, "ids": [1, "a"]}
+    assert p.check_worker_info(info) is info
+    bad: list[object] = [
+        [1],
+        {"x": {"nested": 1}},
+        {"x": [1e15] * 3000},  # expands when encoded again: 1e15 -> 1000000000000000.0
+        {"x": "y" * (p.MAX_INFO_TEXT + 1)},
+        {"x": 2**60},
+        {"x": float("nan")},
+        {"": 1},
+        {f"k{i}": i for i in range(p.MAX_INFO_KEYS + 1)},
+        {f"k{i}": "v" * 200 for i in range(30)},  # every value fits, the whole does not
+    ]
+    for value in bad:
+        with pytest.raises(ProtocolError):
+            p.check_worker_info(value)
