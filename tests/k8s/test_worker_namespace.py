@@ -134,7 +134,12 @@ RESTRICTED = {
 
 
 def test_user_namespaces_carry_the_restricted_pod_security_labels(
-    k8s_cluster: K8sCluster, sa_kubeconfig: Path, broker_stack: Any, tmp_path: Path, release: str
+    k8s_cluster: K8sCluster,
+    sa_kubeconfig: Path,
+    broker_stack: Any,
+    tmp_path: Path,
+    release: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """This API server (1.20) has no PodSecurity admission (1.23+), so it cannot refuse a pod
     for the labels; it proves they are on the namespace, and the pod it stored (with its
@@ -150,6 +155,21 @@ def test_user_namespaces_carry_the_restricted_pod_security_labels(
         assert RESTRICTED.items() <= labels.items(), labels
         pod = raw(k8s_cluster.core.read_namespaced_pod, "worker-default", namespace)
         assert restricted_violations(pod) == []
+
+        # A namespace made without the labels (an older spawner) is not relabelled (no RBAC for
+        # that) but reported, with the command that labels it.
+        k8s_cluster.core.patch_namespace(
+            namespace, {"metadata": {"labels": dict.fromkeys(RESTRICTED)}}
+        )
+        with caplog.at_level("WARNING", logger="rexec_spawner.backends.kubernetes.backend"):
+            await backend.set_environment("alice", "default", ENVIRONMENT)
+            await backend.set_environment("alice", "default", ENVIRONMENT)
+        warnings = [
+            r.getMessage() for r in caplog.records if "Pod Security labels" in r.getMessage()
+        ]
+        assert len(warnings) == 1, warnings  # once per namespace
+        assert f"kubectl label --overwrite namespace {namespace} " in warnings[0]
+        assert "pod-security.kubernetes.io/enforce=restricted" in warnings[0]
         assert await backend.delete("alice", "default") is True
         return namespace
 

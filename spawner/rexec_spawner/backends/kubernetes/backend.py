@@ -331,11 +331,11 @@ class KubernetesBackend(WorkerBackend):
             return
         self._unlabelled_warned.add(name)
         log.warning(
-            "namespace %s lacks the Pod Security labels %s (made by an older spawner or with "
-            "other settings); it gets them when the user's workers are all deleted and it is "
-            "made again, or label it: kubectl label --overwrite namespace %s %s",
+            "namespace %s lacks the Pod Security labels of level %s (made by an older spawner or "
+            "with other settings); it gets them when it is made again after the user's workers "
+            "are all deleted, or label it now: kubectl label --overwrite namespace %s %s",
             name,
-            naming.selector(wanted),
+            naming.POD_SECURITY_LEVEL,
             name,
             " ".join(f"{key}={value}" for key, value in sorted(wanted.items())),
         )
@@ -352,16 +352,18 @@ class KubernetesBackend(WorkerBackend):
                 await self.api.create(desired)
                 return
             except AlreadyExists:
-                # Made between the read and the create (by a previous spawner's request, say);
-                # fall through and replace it if it differs.
+                # Made between the read and the create (by another spawner process, say): fall
+                # through and replace it if it differs.
                 found = await self.api.read(kind, meta["namespace"], meta["name"])
         if found is not None and objects.stamped_hash(found) == objects.stamped_hash(desired):
             return
         try:
             await self.api.replace(desired)
+            log.info(
+                "updated %s %s/%s to the current settings", kind, meta["namespace"], meta["name"]
+            )
         except NotFound:
             await self.api.create(desired)  # gone since the read: make it again
-        log.info("updated %s %s/%s to the current settings", kind, meta["namespace"], meta["name"])
 
     async def _start(self, user: str, name: str, namespace: str) -> WorkerRecord:
         await self._ensure_namespace(user, namespace)
