@@ -3,7 +3,9 @@
 ``up`` creates what the stack needs under ``$REXEC_HOME/stack`` — a static token for the current
 user (only its hash is stored; the token goes in the 0600 profile), the worker signing key, and
 a CurveZMQ keypair when encryption is asked for — starts both services as child processes, waits
-until they answer, and writes the connection profile clients find by default.
+until they answer, and writes the connection profile clients find by default. The spawner's local
+backend serves that user only (``--local-users``): its workers all run as this OS user, so it
+could not keep other users apart.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ def _token_known(tokens: Path, token: str) -> bool:
 
 
 def start_stack(options: StackOptions, log: callable = print) -> RunningStack:  # type: ignore[valid-type]
+    if not options.user.strip() or "," in options.user:
+        raise ConfigError(
+            f"the user name {options.user!r} cannot name the stack's only user (it is empty or "
+            "holds a comma); run `rexec up` as another OS user"
+        )
     directory = rexec_home() / "stack"
     tokens, key, token = _ensure_secrets(directory, options)
     host = options.host
@@ -123,6 +130,8 @@ def start_stack(options: StackOptions, log: callable = print) -> RunningStack:  
             frontend,
             "--broker-backend-url",
             backend,
+            "--local-users",
+            options.user,
         ]
         if public_key:
             spawner_args += ["--broker-public-key", public_key]

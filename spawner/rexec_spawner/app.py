@@ -7,7 +7,8 @@ a thread pool on a cache miss, so a slow identity provider never blocks other re
 Requests that carry a body are authenticated before any of it is read, and bodies are capped
 (``REXEC_SPAWNER_MAX_BODY_BYTES``): see :mod:`rexec_spawner.body_guard`.
 
-Status codes: 401 missing or refused token, 403 user not in an allowed group, 404 no such worker,
+Status codes: 401 missing or refused token, 403 user not in an allowed group (or, on worker routes,
+not a user the local backend serves: :mod:`rexec_spawner.backends.local_users`), 404 no such worker,
 409 worker limit reached, 413 body over the cap, 422 invalid worker name, 503 identity provider
 or spawner unavailable.
 """
@@ -32,6 +33,7 @@ from rexec.errors import ConfigError, SpawnError, WorkerLimitReached
 from rexec_spawner.activity import BrokerActivity
 from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate
 from rexec_spawner.backends import WorkerBackend, make_backend
+from rexec_spawner.backends.base import UserNotServed
 from rexec_spawner.body_guard import BodyGuard
 from rexec_spawner.config import SpawnerSettings
 from rexec_spawner.culling import IdleCuller
@@ -46,7 +48,10 @@ _bearer = HTTPBearer(
 )
 _AUTH_ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorMessage, "description": "missing or refused token"},
-    403: {"model": ErrorMessage, "description": "user not in an allowed group"},
+    403: {
+        "model": ErrorMessage,
+        "description": "user not in an allowed group, or not one the local backend serves",
+    },
     503: {"model": ErrorMessage, "description": "identity provider unavailable"},
 }
 _NAME_ERRORS: dict[int | str, dict[str, object]] = {
@@ -179,6 +184,10 @@ async def _spawn_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
+async def _not_served(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=403)
+
+
 async def _worker_limit(_: Request, exc: Exception) -> JSONResponse:
     # Not an outage like other spawn errors: the caller can fix it by deleting a worker.
     return JSONResponse({"detail": str(exc)}, status_code=409)
@@ -223,6 +232,7 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
     app.state.rexec = _Services(workers, validator, broker)
     app.add_exception_handler(SpawnError, _spawn_error)
     app.add_exception_handler(WorkerLimitReached, _worker_limit)
+    app.add_exception_handler(UserNotServed, _not_served)
     app.add_middleware(BodyGuard, validator=validator, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     from rexec_spawner.environments import router as environments  # imports this module

@@ -50,6 +50,13 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "[REXEC_SIGNING_KEY_FILE, <data dir>/signing.key]",
     )
     workers.add_argument(
+        "--local-users",
+        type=_user_list,
+        help="comma-separated users the local backend serves; several users are NOT isolated "
+        "from each other, as every worker runs as this OS user [REXEC_LOCAL_USERS; default: the "
+        "first user who creates a worker, and nobody else]",
+    )
+    workers.add_argument(
         "--worker-ready-timeout",
         type=float,
         help="seconds a new worker has to reach the broker [REXEC_WORKER_READY_TIMEOUT, 60]",
@@ -71,6 +78,13 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _user_list(value: str) -> tuple[str, ...]:
+    users = tuple(user.strip() for user in value.split(",") if user.strip())
+    if not users:
+        raise argparse.ArgumentTypeError("name at least one user, e.g. --local-users alice")
+    return users
+
+
 def settings_from_args(args: argparse.Namespace) -> SpawnerSettings:
     """Environment first, then the options that were given."""
     fields: dict[str, Any] = {
@@ -85,6 +99,7 @@ def settings_from_args(args: argparse.Namespace) -> SpawnerSettings:
             "broker_url",
             "broker_backend_url",
             "broker_public_key",
+            "local_users",
         )
     }
     return SpawnerSettings.from_env(auth=auth_settings_from_args(args), **fields)

@@ -27,6 +27,10 @@
                                   ``0`` = no limit)
 ``REXEC_SPAWNER_MAX_BODY_BYTES``  the largest request body the API reads, in bytes (default
                                   1048576 = 1 MiB); larger ones get 413
+``REXEC_LOCAL_USERS``             comma-separated users the local backend serves; several users
+                                  are NOT isolated from each other (their workers run as one OS
+                                  user). Empty (default): the first user who creates a worker,
+                                  recorded in ``<data dir>/local-owner.json``, and nobody else
 ``REXEC_ENV_ALLOW_OPTIONS``       ``1`` lets requirements files carry installer options such as
                                   ``--index-url`` (default off: option lines are refused)
 ``REXEC_ENV_ALLOW_URLS``          ``1`` lets requirements name direct URLs and VCS references
@@ -399,6 +403,8 @@ class SpawnerSettings:
     env_allow_urls: bool = False
     max_workers_per_user: int = 8
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # Who the local backend serves; empty: its first user only (see LocalBackend).
+    local_users: tuple[str, ...] = ()
 
     @property
     def requirements_policy(self) -> RequirementsPolicy:
@@ -409,6 +415,11 @@ class SpawnerSettings:
         object.__setattr__(self, "signing_key_path", Path(self.signing_key_path).expanduser())
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         object.__setattr__(self, "worker_command", tuple(self.worker_command))
+        object.__setattr__(self, "local_users", tuple(dict.fromkeys(self.local_users)))
+        if not all(isinstance(user, str) and user.strip() for user in self.local_users):
+            raise ConfigError(
+                "REXEC_LOCAL_USERS holds an empty user name; list user ids, e.g. alice"
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(
                 f"unknown spawner backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}"
@@ -479,6 +490,7 @@ class SpawnerSettings:
             "max_body_bytes": _number(
                 text("REXEC_SPAWNER_MAX_BODY_BYTES"), "REXEC_SPAWNER_MAX_BODY_BYTES", int
             ),
+            "local_users": _csv(text("REXEC_LOCAL_USERS")) or None,
         }
         # Read only for the backend that uses them, so a stray REXEC_K8S_* never breaks local.
         backend = overrides.get("backend") or text("REXEC_SPAWNER_BACKEND")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from rexec.errors import SpawnError
 from rexec_spawner.activity import ActivityUnavailable, BrokerActivity, WorkerActivity
 from rexec_spawner.backends.base import WorkerBackend
 
@@ -49,7 +50,14 @@ class IdleCuller:
             fresh = [r for r in await self.activity.fetch(row.user) if r.worker == row.worker]
             if not pick_idle(fresh, self.idle_timeout):
                 continue
-            if await self.backend.delete(row.user, row.worker):
+            try:
+                deleted = await self.backend.delete(row.user, row.worker)
+            except SpawnError as exc:
+                # One worker the backend will not delete (say, of a user it does not serve)
+                # must not stop the pass for the others.
+                log.warning("cannot cull worker %r of user %r: %s", row.worker, row.user, exc)
+                continue
+            if deleted:
                 log.info(
                     "culled worker %r of user %r after %.0f s idle",
                     row.worker,

@@ -116,6 +116,7 @@ def test_idle_culler_deletes_only_idle_local_workers(broker_stack, activity, tmp
         broker_backend_url=broker_stack.backend,
         broker_public_key=None,
         worker_command=(sys.executable, "-m", "rexec", "worker"),
+        local_users=("idle", "fresh"),
     )
     culler = IdleCuller(backend, activity, idle_timeout=2.0, interval=60)
 

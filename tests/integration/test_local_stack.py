@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from rexec.profile import read_profile_file
@@ -228,3 +230,17 @@ def test_set_environment_refuses_bad_lines_before_touching_the_worker(local_stac
     )
     assert result.returncode == 0, result.stderr
     assert "refused: requirements line 2" in result.stdout
+
+
+def test_the_stack_serves_only_the_user_who_started_it(local_stack):
+    profile = read_profile_file(local_stack / "profile.json")
+    assert profile is not None and profile.spawner_url
+    # Another user with a valid token for this stack is still not served by its local backend.
+    made = rexec("token", "--file", str(local_stack / "stack" / "tokens.json"), "--user", "mallory")
+    assert made.returncode == 0, made.stderr
+    other = {"Authorization": f"Bearer {made.stdout.strip()}"}
+    refused = httpx.put(f"{profile.spawner_url}/api/v1/workers/default", headers=other, timeout=10)
+    assert refused.status_code == 403, refused.text
+    assert f"serves only the user {getpass.getuser()!r}" in refused.json()["detail"]
+    mine = {"Authorization": f"Bearer {profile.token}"}
+    assert httpx.get(f"{profile.spawner_url}/api/v1/workers", headers=mine, timeout=10).is_success

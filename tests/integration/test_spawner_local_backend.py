@@ -83,6 +83,8 @@ def make_backend(tmp_path: Path, broker_url: str, key: bytes, **options: Any) ->
         "broker_public_key": None,
         "worker_command": (sys.executable, "-m", "rexec", "worker"),
         "ready_timeout": READY_DEADLINE,
+        # Several users on purpose, so the tests show their workers apart.
+        "local_users": ("alice", "bob"),
     }
     values.update(options)
     return LocalBackend(**values)

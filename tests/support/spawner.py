@@ -29,7 +29,10 @@ def make_spawner_fixture(
 ) -> SpawnerFixture:
     """Settings for a spawner under ``root``, with a static token for each of ``users``.
 
-    ``users`` maps user name to groups (default: alice and bob, group "science").
+    ``users`` maps user name to groups (default: alice and bob, group "science"). The local
+    backend serves exactly these users (``local_users``): the tests use several on purpose, to
+    show that each sees only their own workers. Pass ``local_users=()`` for the default, where
+    the first user who creates a worker is the only one served.
     """
     users = {"alice": ("science",), "bob": ("science",)} if users is None else users
     token_file = root / "tokens.json"
@@ -42,6 +45,7 @@ def make_spawner_fixture(
         "data_dir": root / "stack",
         "broker_url": "tcp://127.0.0.1:5559",
         "broker_backend_url": "tcp://127.0.0.1:5560",
+        "local_users": tuple(users),
     }
     values.update(overrides)
     return SpawnerFixture(SpawnerSettings(**values), key, tokens)

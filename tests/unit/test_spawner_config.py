@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ def test_the_body_cap_is_read_from_the_environment() -> None:
             SpawnerSettings.from_env({"REXEC_SPAWNER_MAX_BODY_BYTES": bad})
     with pytest.raises(ConfigError, match="REXEC_SPAWNER_MAX_BODY_BYTES must be a number"):
         SpawnerSettings.from_env({"REXEC_SPAWNER_MAX_BODY_BYTES": "1M"})
+
+
+def test_local_users_come_from_the_environment_or_the_command_line() -> None:
+    assert SpawnerSettings.from_env({}).local_users == ()
+    listed = SpawnerSettings.from_env({"REXEC_LOCAL_USERS": " alice, bob ,,alice"})
+    assert listed.local_users == ("alice", "bob")
+    args = make_parser().parse_args(["--local-users", "carol,dave", "--token-file", "t.json"])
+    assert settings_from_args(args).local_users == ("carol", "dave")
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["--local-users", " , "])
+    with pytest.raises(ConfigError, match="REXEC_LOCAL_USERS holds an empty user name"):
+        replace(listed, local_users=("alice", " "))
 
 
 def test_command_line_overrides_environment(

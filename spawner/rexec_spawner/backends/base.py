@@ -70,6 +70,11 @@ class EnvironmentSpec:
         }
 
 
+class UserNotServed(SpawnError):
+    """This backend does not serve the caller at all (answered with 403); the message says why
+    and what to do."""
+
+
 def check_worker_name(name: str) -> None:
     if not valid_worker_name(name):
         raise SpawnError(f"invalid worker name {name[:40]!r}: {WORKER_NAME_RULE}")

@@ -18,9 +18,13 @@ shared by all workers, so a set of requirements is installed once.
 Workers run in their own session (process group) so that stopping one also stops whatever it
 started, and get ``--parent-pid`` so they exit if the spawner dies without stopping them.
 
-All workers run as the spawner's OS user, so this backend separates users' workers by credential
-and directory, not by OS permissions: it is meant for one person's machine. The Kubernetes backend
-is the multi-tenant one.
+All workers run as the spawner's OS user, so this backend cannot keep users apart: code in one
+worker can read every other worker's credential. It therefore serves one user, its first, unless
+the operator lists several in ``REXEC_LOCAL_USERS`` and so accepts that they are not isolated
+(:mod:`.local_users`). The Kubernetes backend is the multi-tenant one.
+
+Workers get only the environment variables Python, pip and user code need from the spawner's
+environment (:func:`worker_environment`), never the spawner's own settings and secrets.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,7 @@ from rexec_spawner.backends.base import (
     check_worker_limit,
     check_worker_name,
 )
+from rexec_spawner.backends.local_users import LocalUsers
 from rexec_spawner.backends.worker_files import UnreadableFile, open_worker_file, read_worker_file
 from rexec_spawner.backends.worker_status import ENV_ID, is_python_minor, read_status
 from rexec_spawner.config import SpawnerSettings
@@ -64,10 +69,32 @@ log = logging.getLogger(__name__)
 
 CREDENTIAL_ENV = "REXEC_WORKER_CREDENTIAL_FILE"
 PUBLIC_KEY_ENV = "REXEC_BROKER_PUBLIC_KEY"
-# Secrets of the person who started the spawner that a worker has no business inheriting.
-_WITHHELD_ENV = frozenset(
-    {"REXEC_TOKEN", "REXEC_WORKER_CREDENTIAL", CREDENTIAL_ENV, "REXEC_SIGNING_KEY_FILE"}
+# What a worker keeps of the spawner's environment: what Python, pip (locale, temp dir, proxies,
+# certificates, configuration) and GPU code need. Everything else stays out, above all the
+# spawner's own settings and secrets (REXEC_HOME, REXEC_PROFILE, REXEC_TOKEN_FILE,
+# REXEC_SIGNING_KEY_FILE, AUTH_API_URL...); the backend sets the worker's REXEC_* itself.
+PASSED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "VIRTUAL_ENV",
+        # A Python built with its shared library outside the system paths needs it to start.
+        "LD_LIBRARY_PATH",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "CUDA_VISIBLE_DEVICES",
+        "REXEC_QUIET",
+    }
 )
+PASSED_ENV_PREFIXES = ("LC_", "PYTHON", "PIP_", "SSL_CERT_")
+PASSED_ENV_SUFFIXES = ("_proxy", "_PROXY")
 MAX_PROGRESS_EVENTS = 100
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
@@ -154,7 +181,9 @@ class LocalBackend(WorkerBackend):
         poll_interval: float = 0.1,
         requirements_policy: RequirementsPolicy | None = None,
         max_workers_per_user: int = 0,
+        local_users: Sequence[str] = (),
     ) -> None:
+        self.users = LocalUsers(Path(data_dir), local_users)
         self.workers_dir = Path(data_dir) / "workers"
         self.env_root = Path(data_dir) / "envs"
         self.requirements_policy = requirements_policy or RequirementsPolicy()
@@ -183,6 +212,7 @@ class LocalBackend(WorkerBackend):
             ready_timeout=settings.worker_ready_timeout,
             requirements_policy=settings.requirements_policy,
             max_workers_per_user=settings.max_workers_per_user,
+            local_users=settings.local_users,
         )
 
     def __repr__(self) -> str:
@@ -207,6 +237,7 @@ class LocalBackend(WorkerBackend):
 
     async def ensure(self, user: str, name: str) -> WorkerRecord:
         check_worker_name(name)
+        self.users.admit(user, claim=True)
         key = (user, name)
         # Counting the user's workers and starting one is a single step per user, so creations
         # of different names at the same time never overshoot the limit.
@@ -228,6 +259,7 @@ class LocalBackend(WorkerBackend):
             return worker.snapshot()
 
     async def get(self, user: str, name: str) -> WorkerRecord | None:
+        self.users.admit(user)
         worker = self._workers.get((user, name))
         if worker is None:
             return None
@@ -235,12 +267,17 @@ class LocalBackend(WorkerBackend):
         return worker.snapshot()
 
     async def list(self, user: str) -> builtins.list[WorkerRecord]:
+        self.users.admit(user)
         mine = [worker for (owner, _), worker in self._workers.items() if owner == user]
         for worker in mine:
             self._refresh(worker)
         return [worker.snapshot() for worker in sorted(mine, key=lambda w: w.name)]
 
     async def delete(self, user: str, name: str) -> bool:
+        self.users.admit(user)
+        return await self._delete(user, name)
+
+    async def _delete(self, user: str, name: str) -> bool:
         key = (user, name)
         async with self._lock(key):
             worker = self._workers.pop(key, None)
@@ -253,7 +290,7 @@ class LocalBackend(WorkerBackend):
     async def close(self) -> None:
         self._closed = True
         keys = builtins.list(self._workers)
-        await asyncio.gather(*(self.delete(user, name) for user, name in keys))
+        await asyncio.gather(*(self._delete(user, name) for user, name in keys))
 
     # --- environments ------------------------------------------------------------------------
 
@@ -264,6 +301,7 @@ class LocalBackend(WorkerBackend):
         self, user: str, name: str, environment: EnvironmentSpec | None
     ) -> None:
         check_worker_name(name)
+        self.users.admit(user)
         path = self.environment_path(user, name)
         if environment is None:
             path.unlink(missing_ok=True)
@@ -277,10 +315,12 @@ class LocalBackend(WorkerBackend):
 
     async def get_environment(self, user: str, name: str) -> EnvironmentSpec | None:
         check_worker_name(name)
+        self.users.admit(user)
         return _read_environment(self.environment_path(user, name))
 
     async def log(self, user: str, name: str, tail: int) -> str | None:
         check_worker_name(name)
+        self.users.admit(user)
         path = self.worker_dir(user, name) / "worker.log"
         return await asyncio.to_thread(_read_tail, path, tail)
 
@@ -328,17 +368,12 @@ class LocalBackend(WorkerBackend):
         ]
 
     def _environment(self, worker: _LocalWorker) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in _WITHHELD_ENV and not key.startswith("REXEC_ENV_")
-        }
+        env = worker_environment(os.environ)
         env[ENV_ROOT_ENV] = str(self.env_root)
         env.update(self.requirements_policy.worker_variables())
         spec = _read_environment(self.environment_path(worker.user, worker.name))
         if spec is not None:
             env.update(spec.worker_variables())
-        env.pop(PUBLIC_KEY_ENV, None)
         env[CREDENTIAL_ENV] = str(worker.credential_path)
         if self.broker_public_key:
             env[PUBLIC_KEY_ENV] = self.broker_public_key
@@ -547,6 +582,17 @@ class LocalBackend(WorkerBackend):
             _signal_group(process.pid, signal.SIGKILL)
             await _wait_exit(process, self.stop_timeout)
         _kill_leftovers(process)
+
+
+def worker_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``source`` a worker keeps (see ``PASSED_ENV``)."""
+    return {
+        key: value
+        for key, value in source.items()
+        if key in PASSED_ENV
+        or key.startswith(PASSED_ENV_PREFIXES)
+        or key.endswith(PASSED_ENV_SUFFIXES)
+    }
 
 
 def _read_environment(path: Path) -> EnvironmentSpec | None:
