@@ -119,22 +119,9 @@ def start_stack(options: StackOptions, log: callable = print) -> RunningStack:  
             logs / "broker.log",
             env,
         )
-        spawner_args = [
-            "--host",
-            host,
-            "--port",
-            str(spawner_port),
-            "--data-dir",
-            str(directory),
-            "--broker-url",
-            frontend,
-            "--broker-backend-url",
-            backend,
-            "--local-users",
-            options.user,
-        ]
-        if public_key:
-            spawner_args += ["--broker-public-key", public_key]
+        spawner_args = spawner_arguments(
+            host, spawner_port, directory, frontend, backend, options.user, public_key
+        )
         processes["spawner"] = _spawn(
             [sys.executable, "-m", "rexec_spawner", *spawner_args, *common],
             logs / "spawner.log",
@@ -155,6 +142,30 @@ def start_stack(options: StackOptions, log: callable = print) -> RunningStack:  
     state = {name: proc.pid for name, proc in processes.items()}
     (directory / "stack.json").write_text(json.dumps({"pids": state, "spawner_url": spawner_url}))
     return RunningStack(directory, profile, processes)
+
+
+def spawner_arguments(
+    host: str,
+    port: int,
+    directory: Path,
+    frontend: str,
+    backend: str,
+    user: str,
+    public_key: str | None,
+) -> list[str]:
+    """The spawner's options for this stack. Values that may start with "-" (a Z85 key, a user
+    name) are joined to their option, so the parser cannot take them for options."""
+    arguments = [
+        f"--host={host}",
+        f"--port={port}",
+        f"--data-dir={directory}",
+        f"--broker-url={frontend}",
+        f"--broker-backend-url={backend}",
+        f"--local-users={user}",
+    ]
+    if public_key:
+        arguments.append(f"--broker-public-key={public_key}")
+    return arguments
 
 
 def _spawn(command: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -11,6 +11,7 @@ import pytest
 
 from rexec.auth import AuthSettings
 from rexec.errors import ConfigError, SpawnError
+from rexec.localstack import spawner_arguments
 from rexec_spawner.backends.base import ProgressEvent, WorkerRecord, check_worker_name
 from rexec_spawner.backends.worker_status import MAX_EXTRA_FIELDS, is_python_minor, parse_status
 from rexec_spawner.cli import make_parser, settings_from_args
@@ -89,6 +90,18 @@ def test_local_users_come_from_the_environment_or_the_command_line() -> None:
         make_parser().parse_args(["--local-users", " , "])
     with pytest.raises(ConfigError, match="REXEC_LOCAL_USERS holds an empty user name"):
         replace(listed, local_users=("alice", " "))
+
+
+def test_the_local_stack_passes_values_that_look_like_options(tmp_path: Path) -> None:
+    # A Z85 public key may start with "-", and so may a user name.
+    key, user = "-rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7", "-dash"
+    arguments = spawner_arguments(
+        "127.0.0.1", 8750, tmp_path, "tcp://127.0.0.1:5559", "tcp://127.0.0.1:5560", user, key
+    )
+    args = make_parser().parse_args([*arguments, "--token-file", str(tmp_path / "t.json")])
+    assert args.broker_public_key == key and args.local_users == (user,)
+    settings = settings_from_args(args)
+    assert settings.local_users == (user,) and settings.data_dir == tmp_path
 
 
 def test_command_line_overrides_environment(
