@@ -110,7 +110,7 @@ class Target:
 
 
 def raw_target(sock: zmq.Socket, array: np.ndarray) -> Target:
-    header = b'{"v":1,"t":"request","id":"x-1","op":"call"}'
+    header = b'{"v":2,"t":"request","id":"x-1","op":"call"}'
 
     def rtt() -> None:
         sock.send_multipart([header, b"args"])

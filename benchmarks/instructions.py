@@ -94,7 +94,7 @@ def raw_caller(front: str) -> Callable[[], None]:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(front)
-    header = b'{"v":1,"t":"request","id":"x-1","op":"call"}'
+    header = b'{"v":2,"t":"request","id":"x-1","op":"call"}'
     deadline = time.monotonic() + START_TIMEOUT
     while True:  # until both relay processes run (slowly, under valgrind)
         sock.send(b"x")

@@ -148,6 +148,21 @@ class CachingValidator:
         entry = self._lookup(hash_token(token))
         return entry.identity if entry is not None else None
 
+    def lookup(self, token: str) -> Identity | AuthError | None:
+        """What the cache knows about ``token`` without asking anyone: the identity, the
+        refusal (an exception to raise; refusals are kept ``negative_ttl`` s), or None."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        entry = self._lookup(hash_token(token))
+        if entry is None:
+            return None
+        if entry.identity is not None:
+            return entry.identity
+        if entry.refusal is not None:
+            kind, message = entry.refusal
+            return kind(message)
+        return None
+
     def validate(self, token: str) -> Identity:
         check_token_shape(token)
         key = hash_token(token)

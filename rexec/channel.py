@@ -22,6 +22,11 @@ The channel greets the broker (``hello`` or ``register``) every time a connectio
 and whenever the broker says it does not know this peer (after a broker restart). Messages sent
 with ``hold=True`` wait until the greeting is accepted, so a request never reaches a broker that
 would refuse it as unauthenticated.
+
+The broker sends a peer at most a *window* of bytes beyond what the peer has read. The channel
+counts every byte it reads and tells the broker each quarter window (``credit``), less the bytes
+its owner still holds unhandled (``hold_bytes``/``release_bytes``): an owner that falls behind
+so stops the flow at the broker instead of buffering without bound here.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ FULL_SOCKET_POLL_MS = 5
 CALLER_SLICE = 0.01
 # Messages read at once when they arrive faster than they are handled.
 BURST = 64
+# Messages sent at most per flush before the I/O thread looks at the socket again.
+FLUSH_BUDGET = 256
 # How often the standby thread checks for a handler blocking the dispatch of other messages.
 STANDBY_CHECK = 0.025
 # After this long without work run in place, the standby sleeps until the next such work wakes
@@ -153,8 +160,16 @@ class BrokerChannel:
         self._standby_wake = threading.Event()
         self._last_received = time.monotonic()
         self._last_sent = 0.0
+        # Flow control (see the module docstring); ``_received`` and ``_credited`` change under
+        # ``_lock``, ``_held`` under ``_held_lock``.
+        self._received = 0
+        self._credited = 0
+        self._credit_step = p.DEFAULT_WINDOW // 4
+        self._held_bytes = 0
+        self._held_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._io_ident: int | None = None
+        self._standby_ident: int | None = None
 
     # -- API for other threads -------------------------------------------------------------
 
@@ -165,10 +180,16 @@ class BrokerChannel:
             raise self._start_error
         if self._standby_after is not None:
             name = f"{self._thread.name}-standby"
-            threading.Thread(target=self._standby, name=name, daemon=True).start()
+            standby = threading.Thread(target=self._standby, name=name, daemon=True)
+            standby.start()
+            self._standby_ident = standby.ident
 
     def in_io_thread(self) -> bool:
         return threading.get_ident() == self._io_ident
+
+    def service_threads(self) -> set[int]:
+        """The idents of the threads that read the socket for this channel (once started)."""
+        return {ident for ident in (self._io_ident, self._standby_ident) if ident is not None}
 
     def begin_blocking(self) -> None:
         """A handler runs its work in place: other messages wait for it, and the standby
@@ -261,6 +282,26 @@ class BrokerChannel:
     def _connection_message(self, frames: list[bytes]) -> list[bytes]:
         return [p.NO_TAG, *frames] if self._tagged else frames
 
+    def hold_bytes(self, size: int) -> None:
+        """The owner keeps ``size`` bytes of a received message to handle later: they do not
+        count as read until ``release_bytes`` gives the same number back."""
+        with self._held_lock:
+            self._held_bytes += size
+
+    def release_bytes(self, size: int) -> None:
+        with self._held_lock:
+            self._held_bytes = max(0, self._held_bytes - size)
+        if self._received - self._credited >= self._credit_step:
+            with self._lock:
+                self._credit_locked()
+
+    def _credit_locked(self) -> None:
+        """Tell the broker what was read, if a quarter window more was; call under ``_lock``."""
+        done = self._received - self._held_bytes
+        if done - self._credited >= self._credit_step:
+            self._credited = done
+            self._send_or_queue(self._connection_message(p.make_credit(done)))
+
     def close(self, timeout: float = 2.0) -> None:
         self._stopping = True
         self._closing.set()
@@ -318,16 +359,27 @@ class BrokerChannel:
                 return count
             signalled = False
             try:
-                inbox.append(receive_message(sock))
+                frames = receive_message(sock)
             except zmq.Again:
                 break
+            inbox.append(frames)
+            for frame in frames:
+                self._received += len(frame)
             count += 1
         self._drained = False
+        if self._received - self._credited >= self._credit_step:
+            self._credit_locked()
         return count
 
     def _flush_locked(self, sock: zmq.Socket) -> bool:
-        """Send queued messages; False if the socket is full and some remain."""
-        while self._outbox:
+        """Send queued messages; False if the socket is full and some remain.
+
+        At most ``FLUSH_BUDGET`` per call: output produced as fast as it is sent must not keep
+        the I/O thread from reading (a cancel of that very output, say).
+        """
+        budget = FLUSH_BUDGET
+        while self._outbox and budget:
+            budget -= 1
             entry = self._outbox[0]
             if callable(entry):
                 self._outbox.popleft()
@@ -541,6 +593,11 @@ class BrokerChannel:
                                 frames = receive_message(sock)
                             except zmq.Again:
                                 pass
+                            else:
+                                for frame in frames:
+                                    self._received += len(frame)
+                                if self._received - self._credited >= self._credit_step:
+                                    self._credit_locked()
                             self._drained = False
                         else:
                             self._drained = True
@@ -623,6 +680,10 @@ class BrokerChannel:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._connected = True
                 self._last_received = time.monotonic()
+                with self._lock:  # a new connection: the broker counts from zero again
+                    self._received = self._credited = 0
+                with self._held_lock:
+                    self._held_bytes = 0
                 self._on_event(CONNECTED, None)
                 self.regreet()
             elif event == zmq.EVENT_DISCONNECTED:
@@ -672,6 +733,9 @@ class BrokerChannel:
                 self._on_event(REFUSED, header)
             return
         if msg_type == self._ready_type:
+            window = header.get("window")
+            if type(window) is int and window > 0:
+                self._credit_step = max(1, window // 4)
             with self._lock:
                 self._ready = True
                 self._outbox.extend(self._held.values())

@@ -30,7 +30,7 @@ import orjson
 
 from rexec.errors import ProtocolError
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 MAX_HEADER_BYTES: Final = 16 * 1024
 MAX_ID_LENGTH: Final = 64
 # What a worker may report about itself (its ``info`` at registration, its ping ``stats``): the
@@ -41,6 +41,9 @@ MAX_INFO_TEXT: Final = 1024
 # Requests one client connection may have in flight at the broker. Clients keep any beyond it
 # waiting on their side, so a caller may start more without being refused.
 MAX_INFLIGHT_PER_CLIENT: Final = 10_000
+# Bytes the broker sends a peer beyond what the peer has reported read (``credit``); the broker
+# announces its own value in ``welcome``/``registered``. Peers report every quarter window.
+DEFAULT_WINDOW: Final = 16 * 1024 * 1024
 
 # Connection-level messages, between a peer and the broker itself.
 HELLO: Final = "hello"  # client -> broker: authenticate with a token, choose a worker name
@@ -54,6 +57,7 @@ PROBE: Final = "probe"  # broker -> peer, checks that a connection still exists;
 WORKER_STATE: Final = "worker_state"  # broker -> client: the worker came online or went away
 ACTIVITY: Final = "activity"  # spawner -> broker frontend: which workers are busy (service cred.)
 ACTIVITY_REPLY: Final = "activity_reply"  # broker -> spawner: one JSON payload frame of workers
+CREDIT: Final = "credit"  # peer -> broker: ``n`` bytes read from the broker so far, in all
 
 # Request-level messages, routed between a client and its own user's worker.
 REQUEST: Final = "request"  # client -> worker: start request ``id`` with operation ``op``
@@ -61,10 +65,11 @@ NEXT: Final = "next"  # client -> worker: advance the generator of request ``id`
 CANCEL: Final = "cancel"  # client -> worker: interrupt request ``id``
 OUTPUT: Final = "output"  # worker -> client: Jupyter output content (stream, display_data...)
 ITEM: Final = "item"  # worker -> client: a generator item, or the start marker of a generator
+FLOW: Final = "flow"  # broker -> worker: ``pause`` (or resume) the output of request ``id``
 REPLY: Final = "reply"  # worker or broker -> client: the terminal message of request ``id``
 
-CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, REQUEST, NEXT, CANCEL, ACTIVITY})
-WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, OUTPUT, ITEM, REPLY})
+CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, CREDIT, REQUEST, NEXT, CANCEL, ACTIVITY})
+WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, CREDIT, OUTPUT, ITEM, REPLY})
 ROUTED_REQUEST_FOLLOWUPS: Final = frozenset({NEXT, CANCEL})
 
 # Request operations (the ``op`` of a REQUEST). The broker does not look at them.
@@ -244,6 +249,7 @@ def make_welcome(
     worker_info: dict[str, Any] | None,
     max_message_bytes: int,
     max_in_flight: int = MAX_INFLIGHT_PER_CLIENT,
+    window: int = DEFAULT_WINDOW,
 ) -> list[bytes]:
     return [
         make_header(
@@ -253,6 +259,7 @@ def make_welcome(
             worker_info=worker_info,
             max_bytes=max_message_bytes,
             max_in_flight=max_in_flight,
+            window=window,
         )
     ]
 
@@ -261,8 +268,14 @@ def make_register(credential: str, info: dict[str, Any]) -> list[bytes]:
     return [make_header(REGISTER, credential=credential, info=info)]
 
 
-def make_registered(user: str, worker: str, max_message_bytes: int) -> list[bytes]:
-    return [make_header(REGISTERED, user=user, worker=worker, max_bytes=max_message_bytes)]
+def make_registered(
+    user: str, worker: str, max_message_bytes: int, window: int = DEFAULT_WINDOW
+) -> list[bytes]:
+    return [
+        make_header(
+            REGISTERED, user=user, worker=worker, max_bytes=max_message_bytes, window=window
+        )
+    ]
 
 
 def make_refused(code: str, message: str) -> list[bytes]:
@@ -279,6 +292,16 @@ def make_pong() -> list[bytes]:
 
 def make_probe() -> list[bytes]:
     return [make_header(PROBE)]
+
+
+def make_credit(received: int) -> list[bytes]:
+    """``received``: bytes of the broker's messages this peer has read and is done with, in all
+    since it connected (every frame counts)."""
+    return [make_header(CREDIT, n=received)]
+
+
+def make_flow(request_id: str, pause: bool) -> list[bytes]:
+    return [make_header(FLOW, id=request_id, pause=pause)]
 
 
 def make_worker_state(state: str, worker: str, info: dict[str, Any] | None) -> list[bytes]:

@@ -6,10 +6,13 @@ Sockets stay in the broker's loop. This module decides, and the loop acts on its
 * ``Denied``: a hello is refused (bad fields, a wrong token, the IdP unreachable).
 * ``Revoked``: a connected client's token stopped being valid; its session ends.
 
-A token the validator's cache knows is decided at once. Any other goes to a thread pool, so a
-slow IdP never stalls routing; its outcome comes back through ``finished()``, which the loop
-calls after ``wake`` told it a check ended (``ended`` is then not empty). Tokens never appear in
-a decision's message.
+A token the validator's cache knows (including a recent refusal) is decided at once. Any other
+goes to ``rexec.token_checks``, so a slow IdP never stalls routing and a flood of hellos from one
+address neither delays other addresses' nor grows memory: one check per token at a time, a
+bounded number waiting per address and in all (beyond that a hello is refused at once with
+"retry shortly"), and a connection's superseded hello is cancelled. The outcome comes back
+through ``finished()``, which the loop calls after ``wake`` told it a check ended (``ended`` is
+then not empty). Tokens never appear in a decision's message.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from rexec import protocol as p
 from rexec.auth import CachingValidator, Identity
 from rexec.errors import AuthError, AuthUnavailable
+from rexec.token_checks import TokenChecks
 from rexec_broker.routing import ClientConn
 
 log = logging.getLogger("rexec.broker")
@@ -78,11 +82,15 @@ class Admission:
         threads: int,
         wake: Callable[[], None],
         cache_ttl: float,
+        per_address: int = 16,
+        max_waiting: int = 1024,
     ) -> None:
         self._validator = validator
         self._wake = wake
         self._cache_ttl = cache_ttl
-        self._pool = ThreadPoolExecutor(threads, "rexec-auth")
+        self._checks = TokenChecks(
+            validator, threads, per_address, max_waiting, name="rexec-broker-auth"
+        )
         # Checks that ended, for ``finished()``. Never replaced: the loop tests it every turn,
         # so it keeps a reference rather than calling a method.
         self.ended: collections.deque[_Check] = collections.deque()
@@ -90,33 +98,41 @@ class Admission:
         # connection dropped meanwhile, is forgotten here, and its late outcome is discarded.
         self._hellos: dict[bytes, _Check] = {}
 
-    def hello(self, rid: bytes, header: Mapping[str, Any]) -> Decision | None:
-        """Decide a ``hello`` now, or None when its token is being checked (see ``finished``)."""
+    def hello(self, rid: bytes, header: Mapping[str, Any], source: str = "") -> Decision | None:
+        """Decide a ``hello`` from a peer at address ``source`` now, or None when its token is
+        being checked (see ``finished``)."""
         token = header.get("token")
         worker = header.get("worker", "default")
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
             return Denied(rid, p.E_AUTH_FAILED, "hello needs a token")
         if not p.valid_worker_name(worker):
             return Denied(rid, p.E_BAD_MESSAGE, f"worker name must match {p.WORKER_NAME_PATTERN}")
-        self._hellos.pop(rid, None)
+        self.forget(rid)  # a newer hello supersedes the one being checked
         try:
-            identity = self._validator.peek(token)
+            check = self._submit(rid, token, worker, source, revalidate=False)
         except AuthError as exc:
             return _denied(rid, exc)
-        if identity is not None:
-            return Admitted(rid, token, worker, identity)
-        self._hellos[rid] = self._submit(rid, token, worker, revalidate=False)
+        if check.future.done():  # answered from the cache
+            return self._decide_hello(check)
+        self._hellos[rid] = check
         return None
 
     def revalidate(self, client: ClientConn) -> None:
         """Check a connected client's token again in the background (its validation is older
         than the cache TTL); if it was revoked, ``finished()`` returns ``Revoked``."""
         client.revalidating = True
-        self._submit(client.rid, client.token, client.worker, revalidate=True)
+        try:
+            self._submit(client.rid, client.token, client.worker, f"user:{client.user}", True)
+        except AuthUnavailable:
+            client.revalidating = False
+            client.validated_at = time.monotonic() - self._cache_ttl + REVALIDATE_RETRY_SECONDS
 
     def forget(self, rid: bytes) -> None:
-        """The connection is gone: a check still running for its hello decides nothing."""
-        self._hellos.pop(rid, None)
+        """The connection is gone (or said hello again): a check still running for its hello
+        decides nothing, and is dropped if it has not started."""
+        check = self._hellos.pop(rid, None)
+        if check is not None:
+            check.future.cancel()
 
     def finished(self, clients: Mapping[bytes, ClientConn]) -> list[Decision]:
         """Decisions of the checks that ended since the last call, in the order they ended.
@@ -137,23 +153,33 @@ class Admission:
                 decisions.append(self._decide_hello(check))
         return decisions
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    @property
+    def waiting(self) -> int:
+        """Hellos whose token check has not ended."""
+        return len(self._hellos)
 
-    def _submit(self, rid: bytes, token: str, worker: str, *, revalidate: bool) -> _Check:
-        future = self._pool.submit(self._validator.validate, token)
+    def close(self) -> None:
+        self._checks.close()
+
+    def _submit(self, rid: bytes, token: str, worker: str, source: str, revalidate: bool) -> _Check:
+        future = self._checks.submit(token, source)
         check = _Check(rid, token, worker, revalidate, future)
 
-        def done(_: Future[Identity]) -> None:
-            self.ended.append(check)
-            self._wake()
+        # Runs at once when the cache answered: a hello is then decided by the caller and its
+        # entry here ignored; a revalidation is decided by ``finished`` like any other.
+        def done(ended: Future[Identity]) -> None:
+            if not ended.cancelled():
+                self.ended.append(check)
+                self._wake()
 
-        check.future.add_done_callback(done)
+        future.add_done_callback(done)
         return check
 
     def _decide_hello(self, check: _Check) -> Decision:
         try:
             identity = check.future.result()
+        except CancelledError:
+            return Denied(check.rid, p.E_AUTH_UNAVAILABLE, "the token check was cancelled")
         except Exception as exc:  # AuthError, or a crash of the validator (reported as such)
             return _denied(check.rid, exc)
         return Admitted(check.rid, check.token, check.worker, identity)

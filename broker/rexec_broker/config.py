@@ -10,6 +10,7 @@ from rexec.errors import ConfigError
 from rexec.protocol import MAX_INFLIGHT_PER_CLIENT
 from rexec.transport import HIGH_WATER_MARK, is_loopback_url
 from rexec_broker.connections import ConnectionLimits
+from rexec_broker.outbound import FlowLimits
 
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5559"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5560"
@@ -36,9 +37,11 @@ class BrokerSettings:
     queue_depth: int = HIGH_WATER_MARK
     max_in_flight: int = MAX_INFLIGHT_PER_CLIENT
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    flow_limits: FlowLimits = field(default_factory=FlowLimits)
 
     def check(self) -> None:
         self.connection_limits.check()
+        self.flow_limits.check()
         if self.max_message_bytes < 64 * 1024:
             raise ConfigError("max message size must be at least 64 KiB")
         if self.max_in_flight < 1:

@@ -336,6 +336,14 @@ class ConnectionGuard:
             del self._unauthenticated[connection.address]
 
 
+def peer_address(frame: zmq.Frame) -> str:
+    """The IP address a received frame came from ("local" for Unix sockets and inproc)."""
+    try:
+        return str(frame.get("Peer-Address")) or LOCAL
+    except (zmq.ZMQError, TypeError, ValueError):
+        return LOCAL
+
+
 def _source_fd(frame: zmq.Frame) -> int:
     try:
         return int(frame.get(zmq.SRCFD))

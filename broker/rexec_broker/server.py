@@ -45,8 +45,8 @@ from rexec.transport import (
 from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.admission import Admission, Admitted, Decision, Denied
 from rexec_broker.config import BrokerSettings
-from rexec_broker.connections import ConnectionGuard
-from rexec_broker.outbound import Outbound, PeerKey
+from rexec_broker.connections import ConnectionGuard, peer_address
+from rexec_broker.outbound import Outbound, PeerKey, message_bytes
 from rexec_broker.routing import ClientConn, Refusal, RoutingTable, Running, WorkerConn
 
 log = logging.getLogger("rexec.broker")
@@ -63,6 +63,22 @@ MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
 _REQUEST, _REPLY = p.REQUEST, p.REPLY
+_WORKER_NOT_READING = (
+    "the worker is not reading its requests (it may be hung or overloaded); retry later, or "
+    "restart it"
+)
+_CLIENT_NOT_READING = (
+    "this connection stopped reading while its requests kept sending it data; the request was "
+    "cancelled"
+)
+
+
+def _dropped(size: int) -> dict[str, str]:
+    return {
+        "name": "stderr",
+        "text": f"[rexec: {size:,} bytes of output were dropped: they arrived faster than this "
+        "client read them; print less, or write large output to a file]\n",
+    }
 
 
 class Broker:
@@ -115,7 +131,14 @@ class Broker:
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self._next_guard = time.monotonic() + GUARD_INTERVAL
         self._next_timer = self._next_guard  # the earliest of the sweeps and the probes
-        self._outbound = Outbound(self.frontend, self.backend, self._drop_peer, self.stats)
+        self._outbound = Outbound(
+            self.frontend,
+            self.backend,
+            self._drop_peer,
+            self.stats,
+            settings.flow_limits,
+            self._on_pressure,
+        )
         # Bound once: every request and reply is sent through them.
         self._send, self._hold = self._outbound.send, self._outbound.hold
 
@@ -320,14 +343,22 @@ class Broker:
                 self._fail_request(rid, request_id, target.code, target.message)
                 return
             client = self.table.clients[rid]  # start_request found it
+            worker_rid = target.rid
+            if self._outbound.held_for((False, worker_rid)) > self._outbound.limits.pause_at:
+                self.table.finish_request((rid, request_id))
+                self._fail_request(rid, request_id, p.E_BUSY, _WORKER_NOT_READING)
+                return
             # The worker sees the connection's route tag. If the worker's connection is gone,
             # dropping it has already failed this request.
-            worker_rid = target.rid
             frames[0] = client.tag
-            self._send(False, worker_rid, [worker_rid, *frames])
+            self._send(False, worker_rid, [worker_rid, *frames], size + len(client.tag))
             # Bookkeeping after the send: the request does not wait for it.
             self.activity.seen[target.key] = time.time()
             self._revalidate_if_due(client)
+        elif msg_type == p.CREDIT:
+            received = header.get("n")
+            if type(received) is int:
+                self._outbound.credit((True, rid), received)
         elif msg_type in p.ROUTED_REQUEST_FOLLOWUPS:
             self._client_followup(rid, header, frames)
         elif msg_type == p.PING:
@@ -337,7 +368,7 @@ class Broker:
                 p.make_pong() if known else p.make_refused(p.E_UNAUTHENTICATED, "say hello again"),
             )
         elif msg_type == p.HELLO:
-            decision = self.admission.hello(rid, header)
+            decision = self.admission.hello(rid, header, peer_address(frames[1]))
             if decision is not None:
                 self._apply(decision)
         elif msg_type == p.ACTIVITY:
@@ -410,6 +441,7 @@ class Broker:
                 info,
                 self.settings.max_message_bytes,
                 self.settings.max_in_flight,
+                self._outbound.limits.window,
             ),
         )
 
@@ -435,6 +467,11 @@ class Broker:
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
             return
         msg_type = header["t"]
+        if msg_type == p.CREDIT:
+            received = header.get("n")
+            if type(received) is int:
+                self._outbound.credit((False, rid), received)
+            return
         worker = self.table.workers.get(rid)
         if msg_type == p.REGISTER:
             self._worker_register(rid, header)
@@ -469,7 +506,7 @@ class Broker:
             self._fail_request(client_rid, request_id, p.E_TOO_LARGE, self._too_large(size))
             return
         frames[1] = client_rid  # the route tag makes way for the client's connection id
-        self._send(True, client_rid, frames[1:])
+        self._send(True, client_rid, frames[1:], size - len(tag))
         if terminal:  # bookkeeping after the send: the reply does not wait for it
             self.table.finish_request((client_rid, request_id))
             self.activity.seen[worker.key] = time.time()
@@ -501,7 +538,12 @@ class Broker:
         self._to_worker(
             rid,
             p.NO_TAG,
-            p.make_registered(claims.user, claims.worker, self.settings.max_message_bytes),
+            p.make_registered(
+                claims.user,
+                claims.worker,
+                self.settings.max_message_bytes,
+                self._outbound.limits.window,
+            ),
         )
         self._notify_clients((claims.user, claims.worker), "online", info)
 
@@ -523,6 +565,93 @@ class Broker:
     def _notify_clients(self, key: tuple[str, str], state: str, info: dict[str, Any]) -> None:
         for client_rid in list(self.table.clients_by_key.get(key, ())):
             self._to_client(client_rid, p.make_worker_state(state, key[1], info))
+
+    # -- flow ------------------------------------------------------------------------------
+
+    def _on_pressure(self, key: PeerKey, level: str) -> None:
+        """A peer's held messages crossed a threshold (see ``rexec_broker.outbound``)."""
+        to_client, rid = key
+        if to_client:
+            if level == "overflow":
+                self._client_overflowed(rid)
+            else:  # pause or resume the workers that produce what this client does not read
+                self._flow_to_workers(rid, pause=level == "pause")
+        elif level == "overflow":
+            self._worker_overflowed(rid)
+
+    def _flow_to_workers(self, client_rid: bytes, pause: bool) -> None:
+        client = self.table.clients.get(client_rid)
+        if client is None:
+            return
+        for request_id in list(client.inflight):
+            worker_rid = self.table.inflight.get((client_rid, request_id))
+            if worker_rid is not None:
+                self._to_worker(worker_rid, client.tag, p.make_flow(request_id, pause))
+
+    def _client_overflowed(self, client_rid: bytes) -> None:
+        """A client reads too slowly for what its requests produce: the output held for it is
+        dropped, each request saying how much it lost (as Jupyter does past its output rate
+        limit); replies and items stay. If that is still too much, its requests end."""
+        key = (True, client_rid)
+        kept: list[list[Any]] = []
+        lost: dict[str, int] = {}
+        for message in self._outbound.drop(key):
+            try:
+                header = p.parse_header(bytes(message[1]))
+            except (ProtocolError, IndexError, TypeError):
+                continue
+            request_id = header.get("id")
+            if header["t"] == p.OUTPUT and type(request_id) is str:
+                if request_id not in lost:
+                    lost[request_id] = 0
+                    kept.append([client_rid, request_id])  # where its notice goes
+                lost[request_id] += message_bytes(message)
+            else:
+                kept.append(message)
+        client = self.table.clients.get(client_rid)
+        log.warning(
+            "a client of user %s reads too slowly; dropped %s bytes of output held for it",
+            client.user if client else "?",
+            f"{sum(lost.values()):,}",
+        )
+        self.stats["output_dropped"] += sum(lost.values())
+        for message in kept:
+            if len(message) == 2 and isinstance(message[1], str):  # a notice's place
+                request_id = message[1]
+                message = [
+                    client_rid,
+                    *p.make_output(request_id, "stream", _dropped(lost[request_id])),
+                ]
+            self._send(True, client_rid, message)
+        if self._outbound.held_for(key) > self._outbound.limits.overflow_at:
+            self._cancel_client_requests(client_rid)
+
+    def _cancel_client_requests(self, client_rid: bytes) -> None:
+        """Even without output, what waits for this client is too much: its requests end."""
+        self._outbound.drop((True, client_rid))
+        client = self.table.clients.get(client_rid)
+        if client is None:
+            return
+        log.warning("cancelled the requests of a client of user %s: it does not read", client.user)
+        for request_id in list(client.inflight):
+            worker_rid = self.table.inflight.get((client_rid, request_id))
+            self.table.finish_request((client_rid, request_id))
+            if worker_rid is not None:
+                self._to_worker(worker_rid, client.tag, p.make_cancel(request_id))
+            self._fail_request(client_rid, request_id, p.E_BUSY, _CLIENT_NOT_READING)
+
+    def _worker_overflowed(self, worker_rid: bytes) -> None:
+        """A worker stopped reading: the requests held for it end with a reply saying so."""
+        for message in self._outbound.drop((False, worker_rid)):
+            try:
+                header = p.parse_header(bytes(message[2]))
+            except (ProtocolError, IndexError, TypeError):
+                continue
+            client_rid = self.table.by_tag.get(bytes(message[1]))
+            request_id = header.get("id")
+            if header["t"] == _REQUEST and client_rid is not None and type(request_id) is str:
+                self.table.finish_request((client_rid, request_id))
+                self._fail_request(client_rid, request_id, p.E_BUSY, _WORKER_NOT_READING)
 
     # -- timers ----------------------------------------------------------------------------
 

@@ -206,6 +206,9 @@ class Session:
             return
         pending = self._window.open.get(header.get("id", ""))  # one dict read needs no lock
         if pending is not None:
+            if pending.callback is None and self._channel is not None:
+                # Queued for a waiting thread: not read until it takes it (see ``_took``).
+                self._channel.hold_bytes(_held_size(payload))
             pending.deliver(header, payload)
 
     def _set_worker_info(self, info: dict[str, Any] | None) -> None:
@@ -283,11 +286,18 @@ class Session:
         assert self._channel is not None
         self._channel.send(frames, hold=True, key=pending.id)
 
+    def _took(self, item: tuple[dict[str, Any], list[zmq.Frame]]) -> None:
+        """A waiting thread took a queued message: its bytes count as read now."""
+        if self._channel is not None:
+            self._channel.release_bytes(_held_size(item[1]))
+
     def _finish(self, pending: Pending) -> None:
         release = self._window.finish(pending)
         channel = self._channel
         if channel is None:
             return
+        while not pending.events.empty():  # left unread: no longer held for anyone
+            self._took(pending.events.get_nowait())
         for waiting, frames in release:
             channel.send(frames, hold=True, key=waiting.id)
         if channel.holds_any():
@@ -305,6 +315,7 @@ class Session:
         while True:
             if not events.empty():
                 item = events.get_nowait()
+                self._took(item)
             else:
                 wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
                 channel = self._channel
@@ -316,15 +327,21 @@ class Session:
                 if taken is NOT_READING:
                     try:
                         item = events.get(timeout=wait)
+                        self._took(item)
                     except queue.Empty:
                         item = None
                 elif taken is None:
-                    item = None if events.empty() else events.get_nowait()
+                    item = None
+                    if not events.empty():
+                        item = events.get_nowait()
+                        self._took(item)
                 else:
                     item = taken  # type: ignore[assignment]
+            # Checked on every message too: output arriving without pause must not keep a
+            # request past its deadline.
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CallTimeout("the request did not finish before its deadline")
             if item is None:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise CallTimeout("the request did not finish before its deadline")
                 if self._closed:
                     raise ConnectionLost("the session was closed")
                 continue
@@ -608,6 +625,12 @@ class Session:
         if pending is not None and self._channel is not None and not self._closed:
             self._channel.send(p.make_cancel(request_id))
             self._finish(pending)
+
+
+def _held_size(payload: list[Any]) -> int:
+    """How many bytes a queued message is taken to hold: the same for ``hold_bytes`` and
+    ``release_bytes`` of one message, which is all the count needs."""
+    return sum(len(frame) for frame in payload) + 256
 
 
 def _print_progress(message: str) -> None:

@@ -3,6 +3,12 @@
 User code writes to ``sys.stdout``; a ``RoutedStream`` sends the text to the request running on
 the current thread. Text is buffered per request and handed to the I/O thread as a deferred
 message, so a burst of prints becomes one message while a lone print leaves immediately.
+
+When the client reading a request's output falls behind, the broker asks the worker to pause
+that request (``flow``): the request's next write then waits until it is resumed (or cancelled),
+which is how a flood of output is slowed down at its source. At most ``MAX_PENDING_TEXT`` of
+output waits here for the I/O thread; a writer beyond it waits too. Threads that serve the
+connection itself never wait (``never_wait_in``), so they can always deliver the resume.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import ctypes
 import io
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -18,6 +25,9 @@ from typing import Any, TextIO
 from rexec import protocol as p
 
 MAX_STREAM_CHUNK = 1024 * 1024
+# Output of one request waiting for the I/O thread, in characters, before its writers wait.
+MAX_PENDING_TEXT = 8 * 1024 * 1024
+FLOW_CHECK = 0.5  # seconds between checks, while waiting, that the request still runs
 
 _local = threading.local()
 # Requests running user code, newest last. Appends and removals are single list operations,
@@ -25,6 +35,12 @@ _local = threading.local()
 _active: list[RequestContext] = []
 _last: list[RequestContext | None] = [None]  # the request that most recently ran user code
 _before_finish: list[Callable[[], None]] = []
+_service_threads: set[int] = set()
+
+
+def never_wait_in(thread_id: int) -> None:
+    """Writes from this thread never wait for paused output (the worker's I/O threads)."""
+    _service_threads.add(thread_id)
 
 
 def last_context() -> RequestContext | None:
@@ -58,10 +74,12 @@ class RequestContext:
 
     __slots__ = (
         "_commands",
+        "_flowing",
         "_in_user_code",
         "_interrupt",
         "_lock",
         "_pending",
+        "_pending_text",
         "_scheduled",
         "_send",
         "_send_later",
@@ -89,7 +107,10 @@ class RequestContext:
         self._send = send
         self._send_later = send_later
         self._pending: list[list[Any]] = []
+        self._pending_text = 0
         self._scheduled = False
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._thread_id: int | None = None
         self._in_user_code = False
@@ -110,8 +131,33 @@ class RequestContext:
 
     # -- output ----------------------------------------------------------------------------
 
+    def set_flow(self, flowing: bool) -> None:
+        """Pause (False) or resume (True) this request's output, as the broker asks."""
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
+    def _wait_to_write(self) -> None:
+        """Wait while the output is paused or too much of it waits to be sent; never in the
+        connection's own threads (unless they run this request's code), never once the
+        request ended or was cancelled."""
+        me = threading.get_ident()
+        if me in _service_threads and me != self._thread_id:
+            return
+        while not self.cancelled and not self.finished:
+            if self._flowing.is_set():
+                if self._pending_text <= MAX_PENDING_TEXT:
+                    return
+                time.sleep(0.005)  # the I/O thread is taking the pending text
+            else:
+                self._flowing.wait(FLOW_CHECK)
+
     def write_stream(self, name: str, text: str) -> None:
+        if not self._flowing.is_set() or self._pending_text > MAX_PENDING_TEXT:
+            self._wait_to_write()
         with self._lock:
+            self._pending_text += len(text)
             last = self._pending[-1] if self._pending else None
             if last is not None and last[0] == "stream" and last[1] == name:
                 last[2] += text
@@ -124,6 +170,8 @@ class RequestContext:
 
     def publish(self, msg_type: str, content: dict[str, Any]) -> None:
         """A Jupyter output other than a stream (display_data, execute_result, error...)."""
+        if not self._flowing.is_set():
+            self._wait_to_write()
         with self._lock:
             self._pending.append(["output", msg_type, content])
             schedule = not self._scheduled
@@ -134,6 +182,7 @@ class RequestContext:
     def _take_messages(self) -> list[Sequence[Any]]:
         with self._lock:
             pending, self._pending = self._pending, []
+            self._pending_text = 0
             self._scheduled = False
         messages: list[Sequence[Any]] = []
         for kind, name, body in pending:
@@ -157,6 +206,7 @@ class RequestContext:
         for hook in _before_finish:
             hook()
         self.finished = True
+        self._flowing.set()
         self.send(frames)
 
     # -- running user code -----------------------------------------------------------------
@@ -209,6 +259,7 @@ class RequestContext:
                     self._interrupt()
                 elif self._thread_id is not None:
                     _async_raise(self._thread_id, KeyboardInterrupt)
+        self._flowing.set()  # a writer waiting for a resume sees the cancellation
         self.commands.put(p.CANCEL)
 
 

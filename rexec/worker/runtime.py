@@ -98,7 +98,7 @@ class Worker:
             ready_type=p.REGISTERED,
             on_message=self._on_message,
             on_event=self._on_event,
-            allowed_types=frozenset({p.REQUEST, p.NEXT, p.CANCEL}),
+            allowed_types=frozenset({p.REQUEST, p.NEXT, p.CANCEL, p.FLOW}),
             tagged=True,
             ping_stats=self._stats,
             standby_after=STANDBY_AFTER,
@@ -124,6 +124,8 @@ class Worker:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         self._write_status("connecting")
         self.channel.start()
+        for ident in self.channel.service_threads():
+            context.never_wait_in(ident)
         if self.settings.parent_pid:
             threading.Thread(target=self._watch_parent, daemon=True).start()
         try:
@@ -180,6 +182,9 @@ class Worker:
             log.error("the broker refused this worker: %s", error.get("message"))
             self.stop(EXIT_OK if error.get("code") == p.E_REPLACED else EXIT_REFUSED)
         elif event == DISCONNECTED:
+            # Whoever asked for a pause is gone with the connection: nothing may wait for it.
+            for ctx in list(self._requests.values()):
+                ctx.set_flow(True)
             self._write_status("connecting")
 
     def _on_message(
@@ -202,6 +207,8 @@ class Worker:
             ctx.cancel()
         elif msg_type == p.NEXT:
             ctx.commands.put(p.NEXT)
+        elif msg_type == p.FLOW:
+            ctx.set_flow(not header.get("pause"))
 
     def _start_request(
         self, key: tuple[bytes, str], header: dict[str, Any], payload: list[zmq.Frame]

@@ -158,3 +158,32 @@ def test_idle_connections_do_not_exhaust_descriptors(broker):
     assert target.alive
     for sock in idle:
         sock.close()
+
+
+@pytest.fixture
+def slow_idp():
+    from tests.support.idp import IdentityProvider
+    from tests.support.servers import serve
+
+    provider = IdentityProvider()
+    provider.add("alice-token", "alice")
+    with serve(provider.make_app(), probe="/docs") as base:
+        yield provider, f"{base}/introspect"
+
+
+def test_a_hello_flood_with_a_slow_idp_neither_delays_others_nor_grows_memory(broker, slow_idp):
+    provider, url = slow_idp
+    provider.delay = 0.5
+    target = broker("--auth-api-url", url, "--max-pending-per-address", "500")
+    baseline = target.rss_mib()
+    connections = [target.dealer(target.frontend, source=ATTACKER) for _ in range(50)]
+    for round_ in range(400):  # 20,000 hellos, each with a token nobody knows
+        for index, sock in enumerate(connections):
+            sock.send_multipart(p.make_hello(f"bad-{round_}-{index}", "default", {}))
+    time.sleep(0.5)
+    # A real user whose token is not cached yet gets in after about one IdP round trip.
+    assert hello_seconds(target, "alice-token") < 1.5
+    grown = target.rss_mib() - baseline
+    assert grown < 40, f"the broker grew by {grown:.0f} MiB"
+    assert provider.requests < 500  # superseded and refused hellos never reached the IdP
+    assert target.alive

@@ -37,9 +37,15 @@ thread_name = _make_probe()  # defined in a function, so it travels by value
 
 
 def warm_up(session) -> None:
-    """Call ``thread_name`` quickly until the worker runs it in place."""
-    names = [session.call(thread_name) for _ in range(INLINE_AFTER_FAST_CALLS + 1)]
+    """Call ``thread_name`` quickly until the worker runs it in place.
+
+    It takes INLINE_AFTER_FAST_CALLS quick calls in a row; on a loaded machine one of them may
+    take longer than the limit and start the count again, so a few more tries are allowed.
+    """
+    names = [session.call(thread_name)]
     assert names[0].startswith("rexec-call"), names  # unknown functions start on the pool
+    while names[-1] != "rexec-worker-io" and len(names) < 20 * (INLINE_AFTER_FAST_CALLS + 1):
+        names.append(session.call(thread_name))
     assert names[-1] == "rexec-worker-io", names  # quick ones then run in place
 
 

@@ -6,6 +6,7 @@ test can watch it die (an abort inside libzmq takes the whole process) and read 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -37,6 +38,7 @@ class BrokerProcess:
     frontend: str = ""
     backend: str = ""
     sockets: list[zmq.Socket] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -69,10 +71,52 @@ class BrokerProcess:
         self.sockets.append(sock)
         return sock
 
+    def start_worker(self, user: str, name: str = "default") -> subprocess.Popen[bytes]:
+        """A real worker process of ``user``, registered before this returns."""
+        index = len(self.workers)
+        cred = self.directory / f"worker-{index}.cred"
+        write_secret_file(cred, self.credential(user, name).encode())
+        status = self.directory / f"worker-{index}.json"
+        log = open(self.directory / f"worker-{index}.log", "wb")  # noqa: SIM115 - the child's
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rexec",
+                    "worker",
+                    "--broker",
+                    self.backend,
+                    "--status-file",
+                    str(status),
+                ],
+                env={**os.environ, "REXEC_WORKER_CREDENTIAL_FILE": str(cred)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        self.workers.append(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(status.read_text()).get("state") == "registered":
+                    return proc
+            except (OSError, ValueError):
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"the worker did not register:\n{self.log()}")
+
     def stop(self) -> None:
         for sock in self.sockets:
             sock.close(0)
         self.sockets.clear()
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(10)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

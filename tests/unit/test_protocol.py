@@ -15,7 +15,7 @@ def test_request_round_trip_keeps_payload_frames_untouched():
     frames = p.make_request("abc-1", p.OP_CALL, payload, fn="k", ser="pickle", nb=None)
     header = p.parse_header(frames[0], p.CLIENT_TO_BROKER)
     assert header == {
-        "v": 1,
+        "v": p.PROTOCOL_VERSION,
         "t": "request",
         "id": "abc-1",
         "op": "call",
@@ -27,7 +27,12 @@ def test_request_round_trip_keeps_payload_frames_untouched():
 
 def test_output_content_is_jupyter_content_in_a_payload_frame():
     frames = p.make_output("r1", "stream", {"name": "stdout", "text": "hi\n"})
-    assert p.parse_header(frames[0]) == {"v": 1, "t": "output", "id": "r1", "mt": "stream"}
+    assert p.parse_header(frames[0]) == {
+        "v": p.PROTOCOL_VERSION,
+        "t": "output",
+        "id": "r1",
+        "mt": "stream",
+    }
     assert json.loads(frames[1]) == {"name": "stdout", "text": "hi\n"}
 
 
@@ -44,10 +49,10 @@ def test_error_reply_carries_code_and_message():
         (b"\x80\x04not json", "not UTF-8 JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b'{"v": 99, "t": "hello"}', "protocol version 99"),
-        (b'{"v": 1, "t": "shutdown"}', "unexpected message type"),
-        (b'{"v": 1, "t": "request", "id": "../../etc"}', "request id"),
+        (b'{"v": 2, "t": "shutdown"}', "unexpected message type"),
+        (b'{"v": 2, "t": "request", "id": "../../etc"}', "request id"),
         (b"[" * 5000 + b"]" * 5000, "JSON"),  # nesting beyond the fast parser's limit
-        (b'{"v": 1, "t": "hello", "x": "\xff"}', "not UTF-8 JSON"),
+        (b'{"v": 2, "t": "hello", "x": "\xff"}', "not UTF-8 JSON"),
     ],
 )
 def test_malformed_headers_are_refused(frame, reason):
@@ -106,7 +111,7 @@ def test_hot_path_builders_make_the_same_headers_as_the_generic_ones(inline, buf
 
 @pytest.mark.parametrize("request_id", ["abc\n", " abc", "a" * 65, "ä"])
 def test_request_ids_must_match_the_whole_pattern(request_id):
-    frame = json.dumps({"v": 1, "t": "request", "id": request_id}).encode()
+    frame = json.dumps({"v": p.PROTOCOL_VERSION, "t": "request", "id": request_id}).encode()
     with pytest.raises(ProtocolError, match="request id"):
         p.parse_header(frame)
 
