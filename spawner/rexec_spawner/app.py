@@ -27,11 +27,12 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, R
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from rexec.auth import CachingValidator, Identity, make_validator
+from rexec.auth import Identity, make_validator
 from rexec.credentials import load_key
 from rexec.errors import ConfigError, SpawnError, WorkerLimitReached
+from rexec.token_checks import TokenChecks
 from rexec_spawner.activity import BrokerActivity
-from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate
+from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate, client_address
 from rexec_spawner.backends import WorkerBackend, make_backend
 from rexec_spawner.backends.base import UserNotServed
 from rexec_spawner.body_guard import BodyGuard
@@ -76,7 +77,7 @@ class _Services:
     """What the routes use, kept on ``app.state.rexec``."""
 
     backend: WorkerBackend
-    validator: CachingValidator
+    checks: TokenChecks
     broker: BrokerInfo
     # PUT must tell "created" from "existed"; one lock per worker makes get-then-ensure atomic.
     put_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
@@ -98,7 +99,9 @@ async def _caller(
     if checked is not None:
         return checked  # validated by the body guard before the body was read
     services: _Services = request.app.state.rexec
-    return await authenticate(services.validator, request.headers.get("authorization"))
+    return await authenticate(
+        services.checks, request.headers.get("authorization"), client_address(request.scope)
+    )
 
 
 async def _worker_name(
@@ -196,6 +199,7 @@ async def _worker_limit(_: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) -> FastAPI:
     """The spawner application. Raises ``ConfigError`` at once for unusable settings."""
     validator = make_validator(settings.auth)
+    checks = TokenChecks(validator, name="rexec-spawner-auth")
     workers = (
         backend if backend is not None else make_backend(settings, _load_signing_key(settings))
     )
@@ -220,6 +224,7 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
                     await culling
                 await asyncio.to_thread(culler.activity.close)  # type: ignore[union-attr]
             await workers.close()
+            checks.close()
             validator.close()
 
     app = FastAPI(
@@ -229,11 +234,11 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.rexec = _Services(workers, validator, broker)
+    app.state.rexec = _Services(workers, checks, broker)
     app.add_exception_handler(SpawnError, _spawn_error)
     app.add_exception_handler(WorkerLimitReached, _worker_limit)
     app.add_exception_handler(UserNotServed, _not_served)
-    app.add_middleware(BodyGuard, validator=validator, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyGuard, checks=checks, max_body_bytes=settings.max_body_bytes)
     app.include_router(router)
     from rexec_spawner.environments import router as environments  # imports this module
 

@@ -3,18 +3,22 @@
 Shared by the routes (through a dependency) and by the body guard, which must authenticate a
 request before reading its body; both answer a missing or refused token the same way: 401 with a
 Bearer challenge, 403 for a user outside the allowed groups, 503 when the identity provider
-cannot be asked.
+cannot be asked, or when too many checks wait already (``rexec.token_checks``: one check per
+token at a time, a bounded number per client address and in all, addresses served in turn).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import HTTPException
-from starlette.concurrency import run_in_threadpool
 
-from rexec.auth import CachingValidator, Identity, NotInAllowedGroup
+from rexec.auth import Identity, NotInAllowedGroup
 from rexec.errors import AuthError, AuthUnavailable
+from rexec.token_checks import TokenChecks
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +48,16 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
-async def authenticate(validator: CachingValidator, header: str | None) -> Identity:
-    """The identity behind an ``Authorization`` header, or the HTTPException to answer with."""
+async def authenticate(checks: TokenChecks, header: str | None, source: str) -> Identity:
+    """The identity behind an ``Authorization`` header sent from address ``source``, or the
+    HTTPException to answer with."""
     token = bearer_token(header)
-    cached = validator.peek(token)
-    if cached is not None:
-        return cached
     try:
-        return await run_in_threadpool(validator.validate, token)
+        future = checks.submit(token, source)
+        if future.done():  # answered from the cache
+            return future.result()
+        # Cancelled with the request (the client went away): a check not started is dropped.
+        return await asyncio.wrap_future(future)
     except AuthUnavailable as exc:
         log.warning("cannot validate a token: %s", exc)
         raise HTTPException(503, detail=str(exc), headers={"Retry-After": "5"}) from None
@@ -59,3 +65,11 @@ async def authenticate(validator: CachingValidator, header: str | None) -> Ident
         raise HTTPException(403, detail=str(exc)) from None
     except AuthError as exc:
         raise unauthorized(str(exc), "invalid_token") from None
+
+
+def client_address(scope: Mapping[str, Any]) -> str:
+    """The address a request came from, as the token checks group callers."""
+    client = scope.get("client")
+    if isinstance(client, tuple | list) and client:
+        return str(client[0])
+    return "unknown"

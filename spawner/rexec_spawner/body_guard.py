@@ -26,8 +26,8 @@ from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rexec.auth import CachingValidator
-from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate
+from rexec.token_checks import TokenChecks
+from rexec_spawner.authentication import IDENTITY_STATE_KEY, authenticate, client_address
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class BodyTooLarge(Exception):
 class BodyGuard:
     """Authenticates requests that carry a body before reading it; caps the body's size."""
 
-    def __init__(self, app: ASGIApp, validator: CachingValidator, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, checks: TokenChecks, max_body_bytes: int) -> None:
         self.app = app
-        self.validator = validator
+        self.checks = checks
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,7 +56,9 @@ class BodyGuard:
             return
         try:
             length = _declared_length(declared)
-            identity = await authenticate(self.validator, headers.get("authorization"))
+            identity = await authenticate(
+                self.checks, headers.get("authorization"), client_address(scope)
+            )
         except HTTPException as exc:
             await _refuse(send, exc.status_code, str(exc.detail), exc.headers)
             return
