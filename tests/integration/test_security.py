@@ -12,6 +12,7 @@ import pytest
 from rexec.auth import AuthSettings
 from rexec.errors import AuthError, ConnectionLost
 from rexec.profile import read_profile_file
+from tests.conftest import wait_for
 from tests.support.idp import IdentityProvider
 from tests.support.servers import serve
 
@@ -99,3 +100,33 @@ def test_curve_stack_from_the_command_line(isolated_home):
         assert "answer 42" in result.stdout
     finally:
         subprocess.run([sys.executable, "-m", "rexec", "down"], timeout=60)
+
+
+def test_a_revoked_token_also_ends_open_generators(broker_stack, session_factory):
+    idp = IdentityProvider()
+    idp.add("generator-token", "gina")
+    with serve(idp.make_app(), probe="/docs") as base:
+        broker_stack.stop_broker()
+        broker_stack.start_broker(auth=AuthSettings(api_url=f"{base}/introspect", cache_ttl=1.0))
+        broker_stack.start_worker("gina")
+        session = session_factory(broker_stack.profile("generator-token"))
+
+        def numbers():
+            yield from range(1_000_000)
+
+        items = session.call(numbers)
+        assert next(items) == 0
+        del idp.tokens["generator-token"]  # revoked at the identity provider
+        time.sleep(1.5)
+        # Only next() travels now: it alone must trigger the check that ends the session.
+        deadline = time.monotonic() + 15
+        refused = None
+        while time.monotonic() < deadline and refused is None:
+            try:
+                next(items)
+            except (AuthError, ConnectionLost) as exc:
+                refused = exc
+            time.sleep(0.1)
+        assert isinstance(refused, AuthError), refused
+        broker = broker_stack.broker
+        wait_for(lambda: not broker.table.inflight, 10, "the generator to be cancelled")
