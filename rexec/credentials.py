@@ -52,15 +52,24 @@ def _unb64(text: str) -> bytes:
 
 
 def make_worker_credential(
-    key: bytes, user: str, worker: str, ttl: float | None = None, now: float | None = None
+    key: bytes,
+    user: str,
+    worker: str,
+    ttl: float | None = None,
+    now: float | None = None,
+    instance: str | None = None,
 ) -> str:
-    """Sign a credential for one worker of one user. ``ttl`` None means no expiry."""
+    """Sign a credential for one worker of one user. ``ttl`` None means no expiry.
+
+    ``instance`` names the worker the spawner started (a random id if not given): a renewed
+    credential keeps it, and revoking it (``rexec_broker.registration``) ends that worker.
+    """
     issued = time.time() if now is None else now
     claims = {
         "u": user,
         "w": worker,
-        "i": secrets.token_hex(8),
-        "iat": int(issued),
+        "i": instance or secrets.token_hex(8),
+        "iat": round(issued, 3),
         "exp": None if ttl is None else int(issued + ttl),
     }
     return _sign(key, _PREFIX, claims)
@@ -117,6 +126,17 @@ def verify_worker_credential(key: bytes, credential: str, now: float | None = No
         issued_at=float(claims.get("iat", 0)),
         expires_at=None if expires is None else float(expires),
     )
+
+
+def credential_expiry(credential: str) -> float | None:
+    """When a credential expires, read without checking its signature: for its holder to plan
+    a renewal, never to decide anything about trust. None if it has no expiry or is malformed."""
+    try:
+        claims = json.loads(_unb64(credential.split(".")[1]))
+        expires = claims.get("exp")
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return None
+    return float(expires) if isinstance(expires, int | float) else None
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ WORKER_STATE: Final = "worker_state"  # broker -> client: the worker came online
 ACTIVITY: Final = "activity"  # spawner -> broker frontend: which workers are busy (service cred.)
 ACTIVITY_REPLY: Final = "activity_reply"  # broker -> spawner: one JSON payload frame of workers
 CREDIT: Final = "credit"  # peer -> broker: ``n`` bytes read from the broker so far, in all
+REVOKE: Final = "revoke"  # spawner -> broker frontend: a deleted worker instance (service cred.)
+REVOKE_REPLY: Final = "revoke_reply"  # broker -> spawner
 
 # Request-level messages, routed between a client and its own user's worker.
 REQUEST: Final = "request"  # client -> worker: start request ``id`` with operation ``op``
@@ -68,7 +70,7 @@ ITEM: Final = "item"  # worker -> client: a generator item, or the start marker 
 FLOW: Final = "flow"  # broker -> worker: ``pause`` (or resume) the output of request ``id``
 REPLY: Final = "reply"  # worker or broker -> client: the terminal message of request ``id``
 
-CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, CREDIT, REQUEST, NEXT, CANCEL, ACTIVITY})
+CLIENT_TO_BROKER: Final = frozenset({HELLO, PING, CREDIT, REQUEST, NEXT, CANCEL, ACTIVITY, REVOKE})
 WORKER_TO_BROKER: Final = frozenset({REGISTER, PING, CREDIT, OUTPUT, ITEM, REPLY})
 ROUTED_REQUEST_FOLLOWUPS: Final = frozenset({NEXT, CANCEL})
 
@@ -320,6 +322,29 @@ def make_activity_reply(
     if error is not None:
         return [make_header(ACTIVITY_REPLY, id=request_id, status=STATUS_ERROR, error=error)]
     return [make_header(ACTIVITY_REPLY, id=request_id, status=STATUS_OK), make_json_frame(workers)]
+
+
+def make_revoke(
+    request_id: str, credential: str, user: str, worker: str, instance: str, until: float | None
+) -> list[bytes]:
+    """Tell the broker that worker ``instance`` of ``user`` is gone: refuse its credential (whose
+    expiry is ``until``) from now on, and drop it if it is registered."""
+    return [
+        make_header(
+            REVOKE,
+            id=request_id,
+            credential=credential,
+            user=user,
+            worker=worker,
+            instance=instance,
+            until=until,
+        )
+    ]
+
+
+def make_revoke_reply(request_id: str, error: dict[str, str] | None = None) -> list[bytes]:
+    status = STATUS_OK if error is None else STATUS_ERROR
+    return [make_header(REVOKE_REPLY, id=request_id, status=status, error=error)]
 
 
 def make_request(request_id: str, op: str, payload: Sequence[Any] = (), **fields: Any) -> list[Any]:

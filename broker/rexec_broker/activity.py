@@ -43,6 +43,7 @@ def make_activity_rows(
 ) -> list[dict[str, Any]]:
     """One row per registered worker (of ``user``, if given), sorted by user and name."""
     now = time.time()
+    monotonic = time.monotonic()
     rows = []
     for conn in table.workers.values():
         if table.worker_by_key.get(conn.key) != conn.rid:
@@ -59,6 +60,8 @@ def make_activity_rows(
                 "last_activity": round(last, 3),
                 "idle_seconds": 0.0 if inflight else round(max(0.0, now - last), 3),
                 "registered_at": round(conn.registered_at, 3),
+                "instance": conn.instance,
+                "silent_seconds": round(max(0.0, monotonic - conn.last_heard), 3),
                 "info": conn.info,
             }
         )

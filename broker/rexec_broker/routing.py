@@ -58,6 +58,12 @@ class WorkerConn:
     info: dict[str, Any]
     registered_at: float = field(default_factory=time.time)
     stats: dict[str, Any] = field(default_factory=dict)
+    # From its credential: which worker the spawner started, when it signed, until when.
+    instance: str = ""
+    issued_at: float = 0.0
+    expires_at: float | None = None
+    # When the broker last got any message from it (monotonic seconds).
+    last_heard: float = field(default_factory=time.monotonic)
     inflight: set[RequestKey] = field(default_factory=set)
     # (user, worker name), built once: it is looked up on every request and reply.
     key: WorkerKey = field(init=False, repr=False, compare=False)
@@ -129,8 +135,11 @@ class RoutingTable:
         old_rid = self.worker_by_key.get(conn.key)
         if old_rid is not None and old_rid != conn.rid:
             replaced = self.workers.get(old_rid)
-        if conn.rid in self.workers:
-            self.workers[conn.rid].info = conn.info
+        current = self.workers.get(conn.rid)
+        if current is not None:  # registered again on the same connection (a renewal)
+            current.info = conn.info
+            current.instance, current.issued_at = conn.instance, conn.issued_at
+            current.expires_at = conn.expires_at
             return replaced
         self.workers[conn.rid] = conn
         self.worker_by_key[conn.key] = conn.rid

@@ -47,6 +47,12 @@ from rexec_broker.admission import Admission, Admitted, Decision, Denied
 from rexec_broker.config import BrokerSettings
 from rexec_broker.connections import ConnectionGuard, peer_address
 from rexec_broker.outbound import Outbound, PeerKey, message_bytes
+from rexec_broker.registration import (
+    Revocations,
+    answer_revoke,
+    expired,
+    registration_refusal,
+)
 from rexec_broker.routing import ClientConn, Refusal, RoutingTable, Running, WorkerConn
 
 log = logging.getLogger("rexec.broker")
@@ -63,6 +69,7 @@ MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
 _REQUEST, _REPLY = p.REQUEST, p.REPLY
+_monotonic = time.monotonic
 _WORKER_NOT_READING = (
     "the worker is not reading its requests (it may be hung or overloaded); retry later, or "
     "restart it"
@@ -97,6 +104,7 @@ class Broker:
         )
         self.table = RoutingTable(settings.max_in_flight)
         self.activity = ActivityTracker()
+        self.revocations = Revocations()
         self.stats: collections.Counter[str] = collections.Counter()
         seed_connection_ids()  # before any router exists: it draws its first id at creation
         self._context = zmq.Context(io_threads=2)
@@ -374,6 +382,11 @@ class Broker:
         elif msg_type == p.ACTIVITY:
             reply = answer_activity(header, self.table, self.activity, self._signing_key)
             self._to_client(rid, reply)
+        elif msg_type == p.REVOKE:
+            reply, revoked = answer_revoke(header, self.revocations, self._signing_key)
+            self._to_client(rid, reply)
+            if revoked is not None:
+                self._drop_instance(*revoked)
 
     def _too_large(self, size: int) -> str:
         limit = self.settings.max_message_bytes
@@ -479,6 +492,7 @@ class Broker:
         if worker is None:
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_UNAUTHENTICATED, "register first"))
             return
+        worker.last_heard = _monotonic()
         if msg_type == p.PING:
             stats = header.get("stats")
             if stats is not None:
@@ -524,10 +538,27 @@ class Broker:
             self.stats["worker_refused"] += 1
             self._to_worker(rid, p.NO_TAG, p.make_refused(p.E_BAD_MESSAGE, str(exc)))
             return
+        key = (claims.user, claims.worker)
+        holder_rid = self.table.worker_by_key.get(key)
+        holder = self.table.workers.get(holder_rid) if holder_rid is not None else None
+        refusal = registration_refusal(claims, holder, self.revocations)
+        if refusal is not None:
+            self.stats["worker_refused"] += 1
+            self._to_worker(rid, p.NO_TAG, p.make_refused(refusal.code, refusal.message))
+            return
         existing = self.table.workers.get(rid)
-        if existing is not None and existing.key != (claims.user, claims.worker):
+        if existing is not None and existing.key != key:
             self._drop_worker(rid, "the worker re-registered as someone else")
-        replaced = self.table.register_worker(WorkerConn(rid, claims.user, claims.worker, info))
+        conn = WorkerConn(
+            rid,
+            claims.user,
+            claims.worker,
+            info,
+            instance=claims.instance,
+            issued_at=claims.issued_at,
+            expires_at=claims.expires_at,
+        )
+        replaced = self.table.register_worker(conn)
         if replaced is not None:
             self._drop_worker(replaced.rid, "the worker was replaced by a new one")
             self._to_worker(
@@ -561,6 +592,17 @@ class Broker:
             self._fail_request(client_rid, request_id, p.E_WORKER_DIED, message)
         if self.table.worker_by_key.get(conn.key) is None:
             self._notify_clients(conn.key, "offline", conn.info)
+
+    def _drop_instance(self, user: str, name: str, instance: str) -> None:
+        """The spawner deleted this worker: if it is still registered, it goes now."""
+        rid = self.table.worker_by_key.get((user, name))
+        worker = self.table.workers.get(rid) if rid is not None else None
+        if worker is not None and worker.instance == instance:
+            log.info("worker of user %s revoked by the spawner: %s", user, name)
+            self._drop_worker(worker.rid, "the spawner deleted it")
+            self._to_worker(
+                worker.rid, p.NO_TAG, p.make_refused(p.E_AUTH_FAILED, "this worker was deleted")
+            )
 
     def _notify_clients(self, key: tuple[str, str], state: str, info: dict[str, Any]) -> None:
         for client_rid in list(self.table.clients_by_key.get(key, ())):
@@ -655,6 +697,18 @@ class Broker:
 
     # -- timers ----------------------------------------------------------------------------
 
+    def _drop_expired(self) -> None:
+        """Workers whose credential expired without a renewal go; so do old revocations."""
+        wall = time.time()
+        for worker in [w for w in self.table.workers.values() if expired(w, wall)]:
+            self._drop_worker(worker.rid, "its credential expired and was not renewed")
+            self._to_worker(
+                worker.rid,
+                p.NO_TAG,
+                p.make_refused(p.E_AUTH_FAILED, "your credential expired; the spawner renews it"),
+            )
+        self.revocations.prune()
+
     def _run_timers(self) -> None:
         now = time.monotonic()
         due = {side for at, side in self._probe_at if at <= now}
@@ -662,6 +716,7 @@ class Broker:
         if now >= self._next_sweep:
             due |= {"clients", "workers"}
             self._next_sweep = now + SWEEP_INTERVAL
+            self._drop_expired()
         if "workers" in due:
             for rid in list(self.table.workers):
                 self._to_worker(rid, p.NO_TAG, p.make_probe())

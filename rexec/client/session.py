@@ -53,6 +53,8 @@ CANCEL_GRACE = 5.0
 # Without a spawner nothing will start a worker for us; wait briefly for one re-registering
 # (after a broker restart), then report that none is there.
 UNSPAWNED_WORKER_WAIT = 5.0
+# While waiting for a worker to register, how often the spawner is asked how it is doing.
+RECHECK_SPAWNER = 2.0
 _LOST = "_lost"
 # The arguments of a call without any, serialized once.
 _NO_ARGUMENTS = ser.dumps(((), {}))
@@ -420,25 +422,44 @@ class Session:
                 self._finish(pending)
 
     def _recover_worker(self, deadline: float | None) -> None:
-        """The broker has no worker for us: start one (spawner) or wait for one to register."""
+        """The broker has no worker for us: start one (spawner) or wait for one to register.
+
+        With a spawner, its view is checked again every few seconds meanwhile: a worker that
+        failed to come back (it hung and was stopped, say) is replaced instead of waited for.
+        """
         limit = self._worker_ready_timeout
         if deadline is not None:
             limit = max(1.0, min(limit, deadline - time.monotonic()))
-        if self._spawner is not None and self._spawn:
+        spawning = self._spawner is not None and self._spawn
+        if spawning:
             self._progress("the worker is gone; starting a new one (its state is lost)")
-            self._spawner.ensure_worker(self.profile.worker, limit, self._progress)
+            self._ensure_within(limit)
         else:
             limit = min(limit, UNSPAWNED_WORKER_WAIT)
         end = time.monotonic() + limit
-        with self._lock:
-            while self.worker_info is None:
+        while True:
+            with self._lock:
+                if self.worker_info is not None:
+                    return
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     raise WorkerUnavailable(
                         f"no worker named {self.profile.worker!r} is registered for you; "
                         "start one with the spawner (REXEC_SPAWNER_URL) or `rexec up`"
                     )
-                self._worker_online.wait(remaining)
+                self._worker_online.wait(min(remaining, RECHECK_SPAWNER))
+                if self.worker_info is not None:
+                    return
+            if spawning:
+                assert self._spawner is not None
+                status = self._spawner.get_worker(self.profile.worker)
+                if status is None or status.get("state") in ("failed", "stopped"):
+                    self._progress("the worker did not come back; starting a new one")
+                    self._ensure_within(max(1.0, end - time.monotonic()))
+
+    def _ensure_within(self, limit: float) -> None:
+        assert self._spawner is not None
+        self._spawner.ensure_worker(self.profile.worker, limit, self._progress)
 
     # -- public operations -----------------------------------------------------------------
 

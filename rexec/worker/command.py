@@ -31,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def credential_file() -> Path | None:
+    """Where the spawner keeps this worker's credential (it rewrites the file to renew it)."""
+    path = os.environ.get(CREDENTIAL_FILE_ENV)
+    return Path(path) if path else None
+
+
 def read_credential() -> str:
     path = os.environ.get(CREDENTIAL_FILE_ENV)
     if path:
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     settings = WorkerSettings(
         broker_url=args.broker,
         credential=read_credential(),
+        credential_file=credential_file(),
         broker_public_key=os.environ.get(PUBLIC_KEY_ENV) or None,
         status_file=args.status_file,
         parent_pid=args.parent_pid,

@@ -34,6 +34,7 @@ import zmq
 from rexec import protocol as p
 from rexec.channel import DISCONNECTED, READY, REFUSED, BrokerChannel
 from rexec.client.skew import local_info
+from rexec.credentials import credential_expiry
 from rexec.worker import context
 from rexec.worker import environment as envs
 from rexec.worker import shell as shell_ops
@@ -50,6 +51,9 @@ MAX_CALL_THREADS = 64
 # A call run in place on the I/O thread (a function whose calls return quickly) that runs longer
 # than this has a standby thread read and dispatch other messages until it returns.
 STANDBY_AFTER = 0.05
+# How often the worker looks for a renewed credential.
+CREDENTIAL_CHECK = 30.0
+STATUS_HEARTBEAT = 2.0  # seconds between rewrites of the status file
 
 
 def worker_info() -> dict[str, Any]:
@@ -70,11 +74,16 @@ class WorkerSettings:
     broker_public_key: str | None = None
     status_file: Path | None = None
     parent_pid: int | None = None
+    # Re-read for renewals (see ``Worker._watch_credential``).
+    credential_file: Path | None = None
 
 
 class Worker:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        self._credential = settings.credential
+        self._state = "connecting"
+        self._status_lock = threading.Lock()
         self.info = worker_info()
         self.user: str | None = None
         self.max_bytes = 512 * 1024 * 1024
@@ -94,7 +103,7 @@ class Worker:
         self.channel = BrokerChannel(
             settings.broker_url,
             settings.broker_public_key,
-            greeting=lambda: p.make_register(settings.credential, self.info),
+            greeting=lambda: p.make_register(self._credential, self.info),
             ready_type=p.REGISTERED,
             on_message=self._on_message,
             on_event=self._on_event,
@@ -128,6 +137,10 @@ class Worker:
             context.never_wait_in(ident)
         if self.settings.parent_pid:
             threading.Thread(target=self._watch_parent, daemon=True).start()
+        if self.settings.credential_file is not None:
+            threading.Thread(target=self._watch_credential, daemon=True).start()
+        if self.settings.status_file is not None:
+            threading.Thread(target=self._heartbeat, name="rexec-heartbeat", daemon=True).start()
         try:
             while not self._stop.is_set():
                 try:
@@ -157,14 +170,53 @@ class Worker:
                 log.info("parent process %s is gone; stopping", self.settings.parent_pid)
                 self.stop()
 
-    def _write_status(self, state: str) -> None:
+    def _watch_credential(self) -> None:
+        """Register again when the spawner renewed the credential (it rewrites the file)."""
+        while not self._stop.wait(self._credential_check_interval()):
+            if self._reload_credential():
+                log.info("the credential was renewed; registering with it")
+                self.channel.regreet()
+
+    def _credential_check_interval(self) -> float:
+        """Often enough to pick up a renewal (made at half the credential's life) in time."""
+        expires = credential_expiry(self._credential)
+        if expires is None:
+            return CREDENTIAL_CHECK
+        return max(0.5, min(CREDENTIAL_CHECK, (expires - time.time()) / 4))
+
+    def _reload_credential(self) -> bool:
+        """Read the credential file again; True if it holds a new credential."""
+        path = self.settings.credential_file
+        try:
+            credential = path.read_text().strip() if path is not None else ""
+        except OSError:
+            return False
+        if not credential or credential == self._credential:
+            return False
+        self._credential = credential
+        return True
+
+    def _write_status(self, state: str | None = None) -> None:
+        """Write the status file (``state``, or the last one again as a heartbeat)."""
         path = self.settings.status_file
         if path is None:
             return
-        data = {**self.info, "state": state, "user": self.user, "updated": time.time()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        with self._status_lock:
+            if state is not None:
+                self._state = state
+            data = {**self.info, "state": self._state, "user": self.user, "updated": time.time()}
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(data))
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("cannot write the status file %s: %s", path, exc)
+
+    def _heartbeat(self) -> None:
+        """Rewrite the status file every few seconds: the spawner takes a stale one (with the
+        broker no longer hearing from this worker either) for a hung worker."""
+        while not self._stop.wait(STATUS_HEARTBEAT):
+            self._write_status()
 
     def _stats(self) -> dict[str, Any]:
         return {"busy": len(self._requests), "cell": self._running_cell is not None}
@@ -179,6 +231,10 @@ class Worker:
             self._write_status("registered")
         elif event == REFUSED and header is not None:
             error = header.get("error") or {}
+            if error.get("code") == p.E_AUTH_FAILED and self._reload_credential():
+                log.info("the broker refused the old credential; registering with the new one")
+                self.channel.regreet()
+                return
             log.error("the broker refused this worker: %s", error.get("message"))
             self.stop(EXIT_OK if error.get("code") == p.E_REPLACED else EXIT_REFUSED)
         elif event == DISCONNECTED:

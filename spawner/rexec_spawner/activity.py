@@ -40,6 +40,10 @@ class WorkerActivity:
     idle_seconds: float
     registered_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""
+    # Seconds since the broker last heard anything from the worker (its pings come every
+    # second): a worker whose Python is stuck goes quiet even while its connection lives.
+    silent_seconds: float = 0.0
 
     @property
     def busy(self) -> bool:
@@ -66,28 +70,52 @@ class BrokerActivity:
         """All registered workers (of ``user``, if given); raises ``ActivityUnavailable``."""
         request_id = secrets.token_hex(8)
         credential = make_service_credential(self._signing_key, "spawner", CREDENTIAL_TTL)
+        return self._ask(
+            p.make_activity_query(request_id, credential, user),
+            lambda frames: _parse_reply(frames, request_id),
+            "activity query",
+        )
+
+    async def fetch(self, user: str | None = None) -> list[WorkerActivity]:
+        return await asyncio.to_thread(self.query, user)
+
+    def revoke(self, user: str, worker: str, instance: str, until: float | None) -> None:
+        """Tell the broker the worker ``instance`` is gone: its credential stops working at
+        once, and the broker drops it if it is still connected. Raises
+        ``ActivityUnavailable`` if the broker did not confirm."""
+        request_id = secrets.token_hex(8)
+        credential = make_service_credential(self._signing_key, "spawner", CREDENTIAL_TTL)
+        self._ask(
+            p.make_revoke(request_id, credential, user, worker, instance, until),
+            lambda frames: _parse_revoke_reply(frames, request_id),
+            "revocation",
+        )
+
+    async def revoke_async(
+        self, user: str, worker: str, instance: str, until: float | None
+    ) -> None:
+        await asyncio.to_thread(self.revoke, user, worker, instance, until)
+
+    def _ask(self, message: list[bytes], answer: Any, what: str) -> Any:
+        """Send ``message`` on a fresh connection; return the first non-None ``answer(frames)``."""
         with self._lock:
             sock = make_dealer(self._context, self.public_key)
         try:
             sock.connect(self.url)
-            sock.send_multipart(p.make_activity_query(request_id, credential, user))
+            sock.send_multipart(message)
             deadline = time.monotonic() + self.timeout
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
                     raise ActivityUnavailable(
-                        f"the broker at {self.url} did not answer the activity query within "
+                        f"the broker at {self.url} did not answer the {what} within "
                         f"{self.timeout:g} s; check REXEC_BROKER_INTERNAL_URL"
                     )
-                frames = sock.recv_multipart()
-                rows = _parse_reply(frames, request_id)
-                if rows is not None:
-                    return rows
+                result = answer(sock.recv_multipart())
+                if result is not None:
+                    return result
         finally:
             sock.close(linger=0)
-
-    async def fetch(self, user: str | None = None) -> list[WorkerActivity]:
-        return await asyncio.to_thread(self.query, user)
 
     def close(self) -> None:
         self._context.term()
@@ -121,8 +149,26 @@ def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] |
                 idle_seconds=float(row["idle_seconds"]),
                 registered_at=float(row.get("registered_at") or 0.0),
                 info=dict(row.get("info") or {}),
+                instance=str(row.get("instance") or ""),
+                silent_seconds=float(row.get("silent_seconds") or 0.0),
             )
             for row in rows
         ]
     except (ProtocolError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise ActivityUnavailable(f"the broker sent a malformed activity reply: {exc}") from None
+
+
+def _parse_revoke_reply(frames: list[bytes], request_id: str) -> bool | None:
+    try:
+        header = p.parse_header(frames[0])
+    except (ProtocolError, IndexError) as exc:
+        raise ActivityUnavailable(f"the broker sent a malformed revocation reply: {exc}") from None
+    if header["t"] == p.REFUSED:
+        error = header.get("error") or {}
+        raise ActivityUnavailable(f"the broker refused the revocation: {error.get('message')}")
+    if header["t"] != p.REVOKE_REPLY or header.get("id") != request_id:
+        return None
+    if header.get("status") != p.STATUS_OK:
+        error = header.get("error") or {}
+        raise ActivityUnavailable(f"the broker refused the revocation: {error.get('message')}")
+    return True

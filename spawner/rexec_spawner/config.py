@@ -23,6 +23,11 @@
 ``REXEC_IDLE_TIMEOUT``            seconds a worker may stay idle (no request in flight, none
                                   for that long) before it is deleted; ``0`` = never (default)
 ``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
+``REXEC_WORKER_CREDENTIAL_TTL``  seconds a worker credential is valid; renewed at half
+                                  of it while the worker runs (default 43200, 12 h)
+``REXEC_WORKER_HUNG_AFTER``       seconds without a sign of life from a registered worker
+                                  (see ``backends.lifecycle``) before it is replaced as hung
+                                  (default 30; ``0`` = never)
 ``REXEC_MAX_WORKERS_PER_USER``   active workers one user may have at once (default 8;
                                   ``0`` = no limit)
 ``REXEC_SPAWNER_MAX_BODY_BYTES``  the largest request body the API reads, in bytes (default
@@ -402,6 +407,8 @@ class SpawnerSettings:
     env_allow_options: bool = False
     env_allow_urls: bool = False
     max_workers_per_user: int = 8
+    worker_credential_ttl: float = 12 * 3600.0
+    worker_hung_after: float = 30.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     # Who the local backend serves; empty: its first user only (see LocalBackend).
     local_users: tuple[str, ...] = ()
@@ -434,6 +441,10 @@ class SpawnerSettings:
             raise ConfigError("REXEC_IDLE_TIMEOUT must be 0 (never cull) or a number of seconds")
         if self.max_workers_per_user < 0:
             raise ConfigError("REXEC_MAX_WORKERS_PER_USER must be 0 (no limit) or a count")
+        if self.worker_credential_ttl < 10:
+            raise ConfigError("REXEC_WORKER_CREDENTIAL_TTL must be at least 10 seconds")
+        if self.worker_hung_after < 0:
+            raise ConfigError("REXEC_WORKER_HUNG_AFTER must be 0 (never) or a number of seconds")
         if self.max_body_bytes <= 0:
             raise ConfigError(
                 "REXEC_SPAWNER_MAX_BODY_BYTES must be a positive number of bytes "
@@ -486,6 +497,12 @@ class SpawnerSettings:
             "env_allow_urls": _flag(source, ALLOW_URLS_ENV),
             "max_workers_per_user": _number(
                 text("REXEC_MAX_WORKERS_PER_USER"), "REXEC_MAX_WORKERS_PER_USER", int
+            ),
+            "worker_credential_ttl": _number(
+                text("REXEC_WORKER_CREDENTIAL_TTL"), "REXEC_WORKER_CREDENTIAL_TTL", float
+            ),
+            "worker_hung_after": _number(
+                text("REXEC_WORKER_HUNG_AFTER"), "REXEC_WORKER_HUNG_AFTER", float
             ),
             "max_body_bytes": _number(
                 text("REXEC_SPAWNER_MAX_BODY_BYTES"), "REXEC_SPAWNER_MAX_BODY_BYTES", int

@@ -46,9 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rexec.credentials import make_worker_credential, write_secret_file
+from rexec.credentials import write_secret_file
 from rexec.errors import SpawnError
 from rexec.requirements import RequirementsPolicy
+from rexec_spawner.activity import BrokerActivity
 from rexec_spawner.backends.base import (
     ACTIVE_STATES,
     EnvironmentSpec,
@@ -58,6 +59,15 @@ from rexec_spawner.backends.base import (
     WorkerState,
     check_worker_limit,
     check_worker_name,
+)
+from rexec_spawner.backends.lifecycle import (
+    DEFAULT_CREDENTIAL_TTL,
+    Lease,
+    broker_row,
+    hung,
+    issue_lease,
+    renewal_due,
+    revoke,
 )
 from rexec_spawner.backends.local_users import LocalUsers
 from rexec_spawner.backends.worker_files import UnreadableFile, open_worker_file, read_worker_file
@@ -105,6 +115,8 @@ ENVIRONMENT_FILE = "environment.json"
 # Well above what the spawner writes (at most 64 KiB of requirements, escaped as JSON).
 MAX_ENVIRONMENT_BYTES = 512 * 1024
 PYTHON_PROBE_TIMEOUT = 10.0
+HEALTH_CHECK_INTERVAL = 2.0  # seconds between hung checks of a registered worker
+REVOKE_ON_CLOSE_WAIT = 3.0  # seconds a closing backend waits for revocations on their way
 
 
 @dataclass
@@ -132,6 +144,8 @@ class _LocalWorker:
     status_signature: tuple[int, int, int] | None = None
     # Kinds of status file problems already logged: each is logged once per worker.
     status_problems: set[str] = field(default_factory=set)
+    lease: Lease | None = None
+    next_health_check: float = 0.0
 
     @property
     def credential_path(self) -> Path:
@@ -182,6 +196,9 @@ class LocalBackend(WorkerBackend):
         requirements_policy: RequirementsPolicy | None = None,
         max_workers_per_user: int = 0,
         local_users: Sequence[str] = (),
+        credential_ttl: float = DEFAULT_CREDENTIAL_TTL,
+        hung_after: float = 0.0,
+        broker: BrokerActivity | None = None,
     ) -> None:
         self.users = LocalUsers(Path(data_dir), local_users)
         self.workers_dir = Path(data_dir) / "workers"
@@ -200,6 +217,11 @@ class LocalBackend(WorkerBackend):
         self.max_workers_per_user = max_workers_per_user
         self._user_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
+        self.credential_ttl = credential_ttl
+        self.hung_after = hung_after
+        # Revokes deleted workers' credentials and tells hung workers apart; optional.
+        self.broker = broker
+        self._revocations: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: SpawnerSettings, signing_key: bytes) -> LocalBackend:
@@ -213,6 +235,9 @@ class LocalBackend(WorkerBackend):
             requirements_policy=settings.requirements_policy,
             max_workers_per_user=settings.max_workers_per_user,
             local_users=settings.local_users,
+            credential_ttl=settings.worker_credential_ttl,
+            hung_after=settings.worker_hung_after,
+            broker=BrokerActivity(settings.activity_url, settings.broker_public_key, signing_key),
         )
 
     def __repr__(self) -> str:
@@ -291,6 +316,10 @@ class LocalBackend(WorkerBackend):
         self._closed = True
         keys = builtins.list(self._workers)
         await asyncio.gather(*(self._delete(user, name) for user, name in keys))
+        if self._revocations:
+            await asyncio.wait(builtins.list(self._revocations), timeout=REVOKE_ON_CLOSE_WAIT)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.close)
 
     # --- environments ------------------------------------------------------------------------
 
@@ -384,8 +413,10 @@ class LocalBackend(WorkerBackend):
     def _prepare_directory(self, worker: _LocalWorker) -> None:
         for directory in (self.workers_dir, worker.directory.parent, worker.directory):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        credential = make_worker_credential(self._signing_key, worker.user, worker.name)
-        write_secret_file(worker.credential_path, credential.encode())
+        worker.lease = issue_lease(
+            self._signing_key, worker.user, worker.name, worker.instance, self.credential_ttl
+        )
+        write_secret_file(worker.credential_path, worker.lease.credential.encode())
         worker.status_path.unlink(missing_ok=True)
         if worker.log_path.exists():
             worker.log_path.replace(worker.log_path.with_name("worker.log.1"))
@@ -443,6 +474,13 @@ class LocalBackend(WorkerBackend):
                 if not worker.registered_once and loop.time() > deadline:
                     await self._give_up(worker)
                     return
+                if renewal_due(worker.lease):
+                    await asyncio.to_thread(self._renew, worker)
+                if worker.registered_once and loop.time() >= worker.next_health_check:
+                    worker.next_health_check = loop.time() + HEALTH_CHECK_INTERVAL
+                    if await self._hung(worker):
+                        await self._replace_hung(worker)
+                        return
                 await asyncio.sleep(self.poll_interval)
         except asyncio.CancelledError:
             raise
@@ -450,6 +488,56 @@ class LocalBackend(WorkerBackend):
             # A bug here must not leave a worker reported as healthy forever.
             log.exception("monitor of worker %r of user %r failed", worker.name, worker.user)
             worker.fail("the spawner lost track of this worker; delete it and create it again")
+
+    def _renew(self, worker: _LocalWorker) -> None:
+        """Give the running worker a fresh credential (it re-reads the file and registers
+        again); the file is replaced whole, so the worker never reads half of one."""
+        worker.lease = issue_lease(
+            self._signing_key, worker.user, worker.name, worker.instance, self.credential_ttl
+        )
+        fresh = worker.credential_path.with_name("credential.new")
+        write_secret_file(fresh, worker.lease.credential.encode())
+        os.replace(fresh, worker.credential_path)
+
+    async def _hung(self, worker: _LocalWorker) -> bool:
+        """Both signs of life gone: the status file the worker rewrites every few seconds is
+        stale, and the broker no longer has it or has not heard from it (see ``lifecycle``)."""
+        if self.hung_after <= 0 or worker.state != "ready" or worker.stopping:
+            return False
+        try:
+            quiet = time.time() - worker.status_path.lstat().st_mtime
+        except OSError:
+            quiet = float("inf")
+        if quiet < self.hung_after:
+            return False
+        known, row = await broker_row(self.broker, worker.user, worker.name, worker.instance)
+        if self.broker is not None and not known:
+            return False  # the broker cannot be asked: not enough to stop a worker
+        return not known or hung(row, True, self.hung_after)
+
+    async def _replace_hung(self, worker: _LocalWorker) -> None:
+        reason = (
+            f"the worker stopped responding (nothing from it for {self.hung_after:g} s, and "
+            "its broker connection is gone or silent); it was stopped and the next call starts "
+            "a new one (its variables are lost)"
+        )
+        log.warning("worker %r of user %r: %s", worker.name, worker.user, reason)
+        worker.stopping = True
+        await self._stop_process(worker)
+        await self._revoke(worker)
+        worker.credential_path.unlink(missing_ok=True)
+        worker.fail(reason)
+
+    async def _revoke(self, worker: _LocalWorker) -> None:
+        """Revoke the worker's credential at the broker, in the background: a delete does not
+        wait for the broker (``close`` waits for what is still on its way, briefly)."""
+        if worker.lease is None or self.broker is None:
+            return
+        task = asyncio.create_task(
+            revoke(self.broker, worker.user, worker.name, worker.instance, worker.lease.expires_at)
+        )
+        self._revocations.add(task)
+        task.add_done_callback(self._revocations.discard)
 
     def _refresh(self, worker: _LocalWorker) -> None:
         """Bring the record up to date with the status file and the process."""
@@ -568,6 +656,7 @@ class LocalBackend(WorkerBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await worker.monitor
         await self._stop_process(worker)
+        await self._revoke(worker)
         worker.credential_path.unlink(missing_ok=True)
         worker.status_path.unlink(missing_ok=True)
 
