@@ -46,7 +46,17 @@ What a pod gets (exactly this, nothing more):
   ``subPath``) is textually replaced by the local directory in ``command``, ``args``, ``env``
   values and ``workingDir`` wherever it appears as a path prefix. Code that hard-codes a mount
   path somewhere else (in a file, in Python source it imports) will not find it. Other volume
-  types are ignored (Warning event). Volumes are written once, at container start.
+  types are ignored (Warning event). Volumes are written at container start.
+* Volume updates: like the kubelet, the agent keeps ``secret``, ``configMap`` and ``projected``
+  volumes of RUNNING containers up to date: every ``REFRESH_VOLUMES_EVERY`` (1 s) it reads their
+  Secrets and ConfigMaps again and, for each file whose content or mode changed, writes the new
+  content to a temporary name in the same directory and renames it over the old file, so a
+  reader sees the old or the new content, never a mix. Files of keys that are gone are removed;
+  a required source that is gone (404) leaves the files as they are. Differences from the
+  kubelet: files are renamed one by one (the kubelet swaps a ``..data`` symlink, updating all
+  files of a volume at once), ``subPath`` mounts are updated too (the kubelet never updates
+  them), and it takes about a second (the kubelet: up to its sync period, about a minute).
+  Environment variables are never updated, as on a real node.
 * Status: phase Running with ``podIP``/``hostIP`` 127.0.0.1, conditions Initialized, Ready,
   ContainersReady, PodScheduled; the container ``running``/``ready``/``started`` as soon as the
   process is spawned (probes are ignored). ``containerID`` is ``rexec-test://<pid>``.
@@ -102,6 +112,7 @@ LEASE_SECONDS = 40
 LEASE_RENEW_EVERY = 5.0
 NODE_STATUS_EVERY = 20.0
 RETRY_CONFIG_ERROR_EVERY = 3.0
+REFRESH_VOLUMES_EVERY = 1.0  # seconds between re-reads of running pods' Secrets and ConfigMaps
 BACKOFF_CAP = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -157,6 +168,8 @@ class PodRecord:
     finished: bool = False  # terminal phase reported
     config_error: str | None = None
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (mountPath, local dir)
+    # Held while the volumes are written (container start) or refreshed, never both at once.
+    volume_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def key(self) -> str:
@@ -225,6 +238,7 @@ class NodeAgent:
             (self._heartbeat_loop, "heartbeat"),
             (self._watch_loop, "watch"),
             (self._process_loop, "processes"),
+            (self._volume_loop, "volumes"),
         ):
             t = threading.Thread(target=target, name=f"node-agent-{name}", daemon=True)
             t.start()
@@ -614,7 +628,8 @@ class NodeAgent:
     def _start_container(self, rec: PodRecord) -> None:
         c = rec.container
         try:
-            env, declared, mounts = self._prepare(rec, c)
+            with rec.volume_lock:
+                env, declared, mounts = self._prepare(rec, c)
         except ConfigError as exc:
             if rec.config_error != str(exc):
                 self._event(rec, "Warning", "Failed", f"Error: {exc}")
@@ -908,26 +923,11 @@ class NodeAgent:
             if "hostPath" in v:
                 local[name] = v["hostPath"]["path"]
                 continue
+            content = self._data_volume(rec, v, cache)
             if "emptyDir" in v:
                 target.mkdir(parents=True, exist_ok=True)
-            elif "secret" in v or "configMap" in v:
-                kind = "Secret" if "secret" in v else "ConfigMap"
-                src = v["secret"] if kind == "Secret" else v["configMap"]
-                ref = {
-                    "name": src.get("secretName") if kind == "Secret" else src.get("name"),
-                    "optional": src.get("optional"),
-                }
-                files = self._volume_files(rec, kind, ref, src.get("items"), cache)
-                self._write_files(target, files, src.get("defaultMode", 0o644))
-            elif "projected" in v:
-                projected: dict[str, tuple[bytes, int | None]] = {}
-                for s in v["projected"].get("sources") or []:
-                    for kind, key in (("Secret", "secret"), ("ConfigMap", "configMap")):
-                        if key in s:
-                            projected.update(
-                                self._volume_files(rec, kind, s[key], s[key].get("items"), cache)
-                            )
-                self._write_files(target, projected, v["projected"].get("defaultMode", 0o644))
+            elif content is not None:
+                self._write_files(target, *content)
             else:
                 self._event(
                     rec,
@@ -947,6 +947,101 @@ class NodeAgent:
         # Longest mount path first, so /a/b wins over /a.
         mounts.sort(key=lambda p: len(p[0]), reverse=True)
         return mounts
+
+    def _data_volume(
+        self, rec: PodRecord, volume: Json, cache: dict[Any, Any]
+    ) -> tuple[dict[str, tuple[bytes, int | None]], int] | None:
+        """The files (path -> content, mode) of a secret, configMap or projected volume and its
+        default mode; None for other volume types. Raises ConfigError for a missing source."""
+        if "secret" in volume or "configMap" in volume:
+            kind = "Secret" if "secret" in volume else "ConfigMap"
+            src = volume["secret"] if kind == "Secret" else volume["configMap"]
+            ref = {
+                "name": src.get("secretName") if kind == "Secret" else src.get("name"),
+                "optional": src.get("optional"),
+            }
+            files = self._volume_files(rec, kind, ref, src.get("items"), cache)
+            return files, int(src.get("defaultMode", 0o644))
+        if "projected" in volume:
+            projected: dict[str, tuple[bytes, int | None]] = {}
+            for s in volume["projected"].get("sources") or []:
+                for kind, key in (("Secret", "secret"), ("ConfigMap", "configMap")):
+                    if key in s:
+                        projected.update(
+                            self._volume_files(rec, kind, s[key], s[key].get("items"), cache)
+                        )
+            return projected, int(volume["projected"].get("defaultMode", 0o644))
+        return None
+
+    def _volume_loop(self) -> None:
+        while not self._stop.wait(REFRESH_VOLUMES_EVERY):
+            with self._lock:
+                records = list(self._pods.values())
+            for rec in records:
+                if self._stop.is_set():
+                    return
+                try:
+                    self._refresh_volumes(rec)
+                except Exception as exc:  # the API may be briefly away; next round retries
+                    log.warning("refreshing the volumes of %s failed: %s", rec.key, exc)
+
+    def _refresh_volumes(self, rec: PodRecord) -> None:
+        """Bring a running container's secret, configMap and projected volumes up to date
+        with their sources (see the module docstring)."""
+        with rec.volume_lock:
+            if rec.terminating or rec.finished or rec.proc is None or rec.proc.poll() is not None:
+                return
+            volumes = {v["name"]: v for v in rec.pod["spec"].get("volumes") or []}
+            used = {m["name"] for m in rec.container.get("volumeMounts") or []}
+            cache: dict[Any, Any] = {}
+            for name in sorted(used):
+                volume = volumes.get(name)
+                if volume is None or "hostPath" in volume or "emptyDir" in volume:
+                    continue
+                try:
+                    content = self._data_volume(rec, volume, cache)
+                except ConfigError:
+                    continue  # the source is gone: the files stay as they were
+                if content is not None and self._sync_files(
+                    rec.directory / "volumes" / name, *content
+                ):
+                    log.info("pod %s: volume %s updated", rec.key, name)
+
+    @staticmethod
+    def _sync_files(
+        target: Path, files: dict[str, tuple[bytes, int | None]], default_mode: int
+    ) -> bool:
+        """Make ``target`` hold exactly ``files``, replacing each changed file by a rename (a
+        reader never sees half of one); True if anything changed."""
+        changed = False
+        root = target.resolve()
+        wanted = set()
+        for rel, (content, mode) in files.items():
+            path = target / rel
+            if not path.resolve().is_relative_to(root):
+                continue  # refused when the volume was first written
+            wanted.add(os.path.normpath(path))
+            perm = mode if mode is not None else default_mode
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == content and (path.stat().st_mode & 0o7777) == perm:
+                    continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(content)
+                os.chmod(temporary, perm)
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            changed = True
+        for path in list(target.rglob("*")) if target.is_dir() else []:
+            if path.is_file() and os.path.normpath(path) not in wanted:
+                path.unlink()
+                changed = True
+        return changed
 
     def _volume_files(
         self, rec: PodRecord, kind: str, ref: Json, items: list[Json] | None, cache: dict[Any, Any]

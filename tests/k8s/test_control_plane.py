@@ -221,6 +221,59 @@ def test_pod_runs_with_secret_env_and_volume(
     assert f"env token {token}" in node_agent.pod_log(ns, "reporter")
 
 
+def test_secret_volumes_of_running_pods_follow_their_secret(
+    k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str, tmp_path: Path
+) -> None:
+    """As the kubelet does (the spawner renews worker credentials this way): a running pod's
+    secret volume gets a changed Secret's new content, each file replaced whole."""
+    core, ns = k8s_cluster.core, k8s_namespace
+    old, new = "a" * 4096, "b" * 4096  # long enough that a torn write would show
+    core.create_namespaced_secret(
+        ns, {"metadata": {"name": "renewed"}, "stringData": {"credential": old, "gone": "x"}}
+    )
+    # Records every distinct content it reads, until it has read the new one (at most 60 s).
+    code = """
+        import os, sys, time
+        seen, path = [], "/var/run/creds/credential"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            text = open(path).read()
+            if text not in seen:
+                seen.append(text)
+                with open(os.path.join(sys.argv[1], "seen.txt"), "w") as f:
+                    f.write("\\n".join(seen))
+            if text.startswith("b") and not os.path.exists("/var/run/creds/gone"):
+                break
+            time.sleep(0.001)
+    """
+    pod = pod_manifest(
+        "reader",
+        code,
+        args=["/exchange"],
+        volumes=[
+            {"name": "creds", "secret": {"secretName": "renewed", "defaultMode": 0o440}},
+            {"name": "exchange", "hostPath": {"path": str(tmp_path)}},
+        ],
+        mounts=[
+            {"name": "creds", "mountPath": "/var/run/creds", "readOnly": True},
+            {"name": "exchange", "mountPath": "/exchange"},
+        ],
+    )
+    core.create_namespaced_pod(ns, pod)
+    wait_for(lambda: (tmp_path / "seen.txt").exists(), 30, "the pod to read its secret")
+    started = time.monotonic()
+    core.replace_namespaced_secret(
+        "renewed",
+        ns,
+        {"metadata": {"name": "renewed"}, "stringData": {"credential": new}},
+    )
+    done = wait_phase(k8s_cluster, ns, "reader", ("Succeeded", "Failed"))
+    took = time.monotonic() - started
+    assert done.status.phase == "Succeeded", node_agent.pod_log(ns, "reader")
+    assert (tmp_path / "seen.txt").read_text().split("\n") == [old, new]  # nothing torn
+    assert took < 10, f"the new content took {took:.1f} s to arrive"
+
+
 def test_failing_pod_reports_exit_code(
     k8s_cluster: K8sCluster, node_agent: Any, k8s_namespace: str
 ) -> None:
