@@ -214,6 +214,7 @@ def create_app(settings: SpawnerSettings, backend: WorkerBackend | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await workers.start()
         culling = asyncio.create_task(culler.run(), name="rexec-culler") if culler else None
         try:
             yield

@@ -24,7 +24,9 @@
                                   for that long) before it is deleted; ``0`` = never (default)
 ``REXEC_CULL_INTERVAL``           seconds between idle checks (default 60)
 ``REXEC_WORKER_CREDENTIAL_TTL``  seconds a worker credential is valid; renewed at half
-                                  of it while the worker runs (default 43200, 12 h)
+                                  of it while the worker runs (default 43200, 12 h; with
+                                  the Kubernetes backend at least 300, as a kubelet takes
+                                  up to a minute to update the mounted credential)
 ``REXEC_WORKER_HUNG_AFTER``       seconds without a sign of life from a registered worker
                                   (see ``backends.lifecycle``) before it is replaced as hung
                                   (default 30; ``0`` = never)

@@ -485,6 +485,34 @@ def test_credential_lives_only_in_the_secret():
     assert "rxw1.secret.sig" not in json.dumps(objects.make_worker_pod(spec))
 
 
+def test_a_renewed_credential_secret_differs_from_the_first_only_in_its_data():
+    spec = make_worker_spec(settings(), "alice", "default", "abc")
+    made = objects.make_credential_secret(spec, "rxw1.first.sig")
+    renewed = objects.make_credential_secret_for(
+        "rexec", "alice", spec.namespace, "default", "abc", "rxw1.second.sig"
+    )
+    assert renewed == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": "worker-default-credential",
+            "namespace": spec.namespace,
+            "labels": {
+                "app.kubernetes.io/managed-by": "rexec-spawner",
+                "app.kubernetes.io/part-of": "rexec",
+                "rexec.dev/release": "rexec",
+                "rexec.dev/user-hash": ALICE_HASH,
+                "app.kubernetes.io/component": "worker",
+                "rexec.dev/worker": "default",
+            },
+            "annotations": {"rexec.dev/instance": "abc"},
+        },
+        "data": {"credential": base64.b64encode(b"rxw1.second.sig").decode()},
+    }
+    assert {**made, "data": renewed["data"]} == renewed
+
+
 def test_network_policy_default_and_narrowed():
     spec = make_worker_spec(settings(), "alice", "default", "abc")
     policy = objects.make_network_policy("rexec", "alice", "ns-a", spec.network)

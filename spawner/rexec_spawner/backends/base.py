@@ -114,6 +114,11 @@ class WorkerBackend(abc.ABC):
     async def delete(self, user: str, name: str) -> bool:
         """Stop and forget the user's worker ``name``; False if there was none."""
 
+    async def start(self) -> None:
+        """Begin the backend's background work, in the event loop that serves requests. Called
+        once, when the spawner starts; backends that need none keep this default."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop every worker this backend started. Called once, at shutdown."""

@@ -6,7 +6,17 @@ ResourceQuota and LimitRange ``rexec-workers`` (kept up to date with the setting
 once an environment is set, the ConfigMap ``rexec-env-N``. Nothing lives only
 in memory: every answer is read from the cluster (the pod, its events) and from the broker (has
 the worker registered?), so a restarted spawner reports and deletes the workers a previous one
-made. In memory there is only a cache of when each progress step was first seen.
+made. In memory there is only a cache of when each progress step was first seen, and when each
+worker's credential expires.
+
+**Credentials** carry the pod's instance id (its ``rexec.dev/instance`` annotation, the record's
+``instance``) and expire after ``REXEC_WORKER_CREDENTIAL_TTL``. A background task (``_upkeep``,
+started by ``start()`` or the first call, every ``UPKEEP_INTERVAL``) renews each at half its
+life by replacing the Secret's data; the kubelet then rewrites the mounted file and the worker,
+which re-reads it, registers again with the new credential. When it starts, the task lists the
+worker pods of this release in every namespace and renews theirs at once: an earlier spawner
+process issued them, so their expiry is unknown. Workers therefore outlive a stopped spawner by
+at least half the TTL.
 
 ``close()`` stops watching but leaves pods running, for the next spawner to adopt; ``delete``
 removes the worker's pod, credential and remembered environment, and the namespace with
@@ -33,10 +43,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rexec.credentials import make_worker_credential
 from rexec.errors import SpawnError, WorkerLimitReached
 from rexec_spawner.activity import ActivityUnavailable, BrokerActivity, WorkerActivity
 from rexec_spawner.backends.base import (
+    ACTIVE_STATES,
     EnvironmentSpec,
     ProgressEvent,
     WorkerBackend,
@@ -63,6 +73,7 @@ from rexec_spawner.backends.kubernetes.spec import (
     make_quota_spec,
     make_worker_spec,
 )
+from rexec_spawner.backends.lifecycle import Lease, issue_lease, renewal_due
 from rexec_spawner.config import SpawnerSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +86,12 @@ MAX_PROGRESS_EVENTS = 100
 # A worker started with an environment builds it (pip) before it registers; the worker stops
 # itself after REXEC_ENV_BUILD_TIMEOUT (default 1800 s), so the spawner waits that much longer.
 ENV_BUILD_ALLOWANCE = 1800.0
+UPKEEP_INTERVAL = 1.0  # seconds between rounds of credential renewals
+RENEW_RETRY = 5.0  # seconds before a renewal the API server refused is tried again
+ADOPT_RETRY = 10.0  # seconds before the search for an earlier spawner's workers is retried
+# A kubelet rewrites a mounted Secret within its sync period plus its cache TTL, about a minute
+# by default: a credential renewed at half its life must outlast that.
+SAFE_CREDENTIAL_TTL = 300.0
 
 
 @dataclass
@@ -91,6 +108,36 @@ class _Seen:
 
     def events(self) -> tuple[ProgressEvent, ...]:
         return tuple(ProgressEvent(at, message) for message, at in self.steps.items())
+
+
+@dataclass
+class _Tracked:
+    """A worker pod whose credential this spawner keeps valid (see ``_upkeep``)."""
+
+    user: str
+    name: str
+    namespace: str
+    instance: str
+    # None: issued by an earlier spawner process, expiry unknown: renewed at once.
+    lease: Lease | None = None
+    retry_at: float = 0.0  # monotonic time before which a refused renewal is not tried again
+
+    def renewal_due(self, now: float) -> bool:
+        return now >= self.retry_at and (self.lease is None or renewal_due(self.lease))
+
+
+def _registered_row(
+    rows: builtins.list[WorkerActivity], name: str, instance: str, created: float
+) -> WorkerActivity | None:
+    """The broker's row for the worker of pod ``instance``: the one registered with that
+    instance's credential or, for a credential an older spawner issued (its instance id is not
+    the pod's), one that registered after the pod was made."""
+    for row in rows:
+        if row.worker == name and (
+            row.instance == instance or row.registered_at >= created - CLOCK_SLACK
+        ):
+            return row
+    return None
 
 
 def _timestamp(value: str | None) -> float:
@@ -125,6 +172,19 @@ class KubernetesBackend(WorkerBackend):
         self._monitors: set[asyncio.Task[None]] = set()
         self._unlabelled_warned: set[str] = set()
         self._closed = False
+        self.credential_ttl = settings.worker_credential_ttl
+        self._tracked: dict[tuple[str, str], _Tracked] = {}
+        self._upkeep_task: asyncio.Task[None] | None = None
+        self._adopted = False
+        self._next_adoption = 0.0
+        if self.credential_ttl < SAFE_CREDENTIAL_TTL:
+            log.warning(
+                "REXEC_WORKER_CREDENTIAL_TTL is %g s: a kubelet may take about a minute to "
+                "update a worker's mounted credential, so a renewal made at half of that can "
+                "arrive after the old one expired; use %g s or more on a real cluster",
+                self.credential_ttl,
+                SAFE_CREDENTIAL_TTL,
+            )
 
     @classmethod
     def from_settings(cls, settings: SpawnerSettings, signing_key: bytes) -> KubernetesBackend:
@@ -148,8 +208,12 @@ class KubernetesBackend(WorkerBackend):
 
     # --- the interface -----------------------------------------------------------------------
 
+    async def start(self) -> None:
+        self._start_upkeep()
+
     async def ensure(self, user: str, name: str) -> WorkerRecord:
         check_worker_name(name)
+        self._start_upkeep()
         async with self._lock(user, name):
             if self._closed:
                 raise SpawnError("the spawner is shutting down; try again once it is back")
@@ -159,6 +223,7 @@ class KubernetesBackend(WorkerBackend):
                 record = await self._record(user, name, pod)
                 if record.active:
                     return record
+                self._tracked.pop((user, name), None)
                 await self._remove_worker_objects(namespace, name)
                 await self._wait_pod_gone(namespace, naming.pod_name(name))
             elif pod is not None:
@@ -177,12 +242,14 @@ class KubernetesBackend(WorkerBackend):
 
     async def get(self, user: str, name: str) -> WorkerRecord | None:
         check_worker_name(name)
+        self._start_upkeep()
         pod = await self.api.read_pod(self.namespace(user), naming.pod_name(name))
         if pod is None or not self._owned(pod, user):
             return None
         return await self._record(user, name, pod)
 
     async def list(self, user: str) -> builtins.list[WorkerRecord]:
+        self._start_upkeep()
         selector = naming.selector(
             {
                 naming.LABEL_RELEASE: self.k8s.release,
@@ -206,6 +273,7 @@ class KubernetesBackend(WorkerBackend):
             pod = await self.api.read_pod(namespace, naming.pod_name(name))
             if pod is not None and not self._owned(pod, user):
                 return False
+            self._tracked.pop((user, name), None)
             existed = await self._remove_worker_objects(namespace, name)
             await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
             self._seen.pop((user, name), None)
@@ -226,11 +294,13 @@ class KubernetesBackend(WorkerBackend):
             return existed
 
     async def close(self) -> None:
-        """Stop watching; the pods keep running so that the next spawner adopts them."""
+        """Stop watching and renewing; the pods keep running so that the next spawner adopts
+        them (their credentials stay valid for at least half the TTL)."""
         self._closed = True
-        for task in builtins.list(self._monitors):
+        tasks = [*self._monitors, *([self._upkeep_task] if self._upkeep_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in builtins.list(self._monitors):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.to_thread(self.activity.close)
@@ -370,9 +440,11 @@ class KubernetesBackend(WorkerBackend):
         environment = await self.get_environment(user, name)
         instance = secrets.token_hex(6)
         spec = make_worker_spec(self.settings, user, name, instance, environment)
-        credential = make_worker_credential(self._signing_key, user, name)
+        # The broker names the worker by this instance (activity rows, revocation), and the
+        # record does too: one pod, one instance, through every renewal.
+        lease = issue_lease(self._signing_key, user, name, instance, self.credential_ttl)
         await self.api.delete("Secret", namespace, naming.secret_name(name))
-        await self._create_admitted(objects.make_credential_secret(spec, credential))
+        await self._create_admitted(objects.make_credential_secret(spec, lease.credential))
         try:
             pod = await self._create_admitted(objects.make_worker_pod(spec))
         except WorkerLimitReached:
@@ -381,6 +453,7 @@ class KubernetesBackend(WorkerBackend):
             raise
         seen = _Seen(instance)
         self._seen[(user, name)] = seen
+        self._tracked[(user, name)] = _Tracked(user, name, namespace, instance, lease)
         log.info("created worker pod %s/%s for user %r", namespace, naming.pod_name(name), user)
         record = await self._record(user, name, pod, rows=[])
         task = asyncio.create_task(self._monitor(user, name), name=f"rexec-k8s-monitor-{name}")
@@ -423,6 +496,139 @@ class KubernetesBackend(WorkerBackend):
             if time.monotonic() > deadline:
                 raise SpawnError(f"the old pod {namespace}/{pod} is still being deleted; retry")
             await asyncio.sleep(self.poll_interval)
+
+    # --- keeping credentials valid -----------------------------------------------------------
+
+    def _start_upkeep(self) -> None:
+        if self._upkeep_task is None and not self._closed:
+            self._upkeep_task = asyncio.create_task(self._upkeep(), name="rexec-k8s-upkeep")
+
+    async def _upkeep(self) -> None:
+        """Renew each tracked worker's credential when it is due (see the module docstring),
+        after adopting the running workers of an earlier spawner process."""
+        while not self._closed:
+            try:
+                if not self._adopted and time.monotonic() >= self._next_adoption:
+                    await self._adopt_running()
+                now = time.monotonic()
+                for tracked in builtins.list(self._tracked.values()):
+                    if tracked.renewal_due(now):
+                        await self._renew(tracked)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing worker credentials failed; trying again")
+            await asyncio.sleep(UPKEEP_INTERVAL)
+
+    async def _adopt_running(self) -> None:
+        selector = naming.selector(
+            {
+                naming.LABEL_MANAGED_BY: naming.MANAGED_BY,
+                naming.LABEL_RELEASE: self.k8s.release,
+                naming.LABEL_COMPONENT: naming.COMPONENT_WORKER,
+            }
+        )
+        try:
+            pods = await self.api.list_all_pods(selector)
+        except SpawnError as exc:
+            self._next_adoption = time.monotonic() + ADOPT_RETRY
+            log.warning(
+                "cannot list the running workers to renew their credentials (%s); trying again "
+                "in %g s",
+                exc,
+                ADOPT_RETRY,
+            )
+            return
+        self._adopted = True
+        for pod in pods:
+            self._track(pod)
+
+    def _track(self, pod: Json) -> None:
+        """Keep the credential of this live worker pod valid, if it is one of this spawner's
+        and not tracked yet."""
+        metadata = pod.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        labels = metadata.get("labels") or {}
+        user = annotations.get(naming.ANNOTATION_USER)
+        name = labels.get(naming.LABEL_WORKER)
+        instance = annotations.get(naming.ANNOTATION_INSTANCE)
+        if not (isinstance(user, str) and name and instance) or not self._owned(pod, user):
+            return
+        # Labels can be copied: a pod counts only in the namespace the spawner made for its
+        # user, so no credential is ever written into a namespace someone else controls.
+        if metadata.get("namespace") != self.namespace(user):
+            return
+        if metadata.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
+            "Succeeded",
+            "Failed",
+        ):
+            return
+        tracked = self._tracked.get((user, name))
+        if tracked is None or tracked.instance != instance:
+            self._tracked[(user, name)] = _Tracked(user, name, metadata["namespace"], instance)
+
+    def _untrack(self, user: str, name: str, instance: str) -> None:
+        tracked = self._tracked.get((user, name))
+        if tracked is not None and tracked.instance == instance:
+            del self._tracked[(user, name)]
+
+    async def _renew(self, tracked: _Tracked) -> None:
+        """Replace the worker's credential Secret with a fresh credential for the same
+        instance; the kubelet updates the mounted file and the worker registers again."""
+        key = (tracked.user, tracked.name)
+        lock = self._lock(*key)
+        if lock.locked():
+            return  # being created, replaced or deleted: the next round sees the outcome
+        async with lock:
+            if self._tracked.get(key) is not tracked:
+                return
+            lease = issue_lease(
+                self._signing_key, tracked.user, tracked.name, tracked.instance, self.credential_ttl
+            )
+            manifest = objects.make_credential_secret_for(
+                self.k8s.release,
+                tracked.user,
+                tracked.namespace,
+                tracked.name,
+                tracked.instance,
+                lease.credential,
+            )
+            try:
+                try:
+                    await self.api.replace(manifest)
+                except NotFound:
+                    if not await self._pod_still_runs(tracked):
+                        self._untrack(tracked.user, tracked.name, tracked.instance)
+                        return
+                    # Someone deleted the Secret under a live worker: make it again, or the
+                    # worker is dropped when its credential expires.
+                    await self.api.create(manifest)
+            except SpawnError as exc:
+                tracked.retry_at = time.monotonic() + RENEW_RETRY
+                log.warning(
+                    "cannot renew the credential of worker %r of user %r (%s); trying again in "
+                    "%g s",
+                    tracked.name,
+                    tracked.user,
+                    exc,
+                    RENEW_RETRY,
+                )
+                return
+            tracked.lease = lease
+            log.info(
+                "renewed the credential of worker %r of user %r for %g s",
+                tracked.name,
+                tracked.user,
+                self.credential_ttl,
+            )
+
+    async def _pod_still_runs(self, tracked: _Tracked) -> bool:
+        pod = await self.api.read_pod(tracked.namespace, naming.pod_name(tracked.name))
+        if pod is None or not self._owned(pod, tracked.user):
+            return False
+        metadata = pod.get("metadata") or {}
+        instance = (metadata.get("annotations") or {}).get(naming.ANNOTATION_INSTANCE)
+        return instance == tracked.instance and not metadata.get("deletionTimestamp")
 
     # --- watching ----------------------------------------------------------------------------
 
@@ -480,6 +686,10 @@ class KubernetesBackend(WorkerBackend):
         )
         if error:
             seen.note(error)
+        if state in ACTIVE_STATES:
+            self._track(pod)  # a pod an earlier spawner started: renew its credential now
+        else:
+            self._untrack(user, name, instance)
         return WorkerRecord(
             user=user,
             name=name,
@@ -511,11 +721,11 @@ class KubernetesBackend(WorkerBackend):
             if isinstance(rows, str):
                 seen.note(f"cannot ask the broker whether the worker registered: {rows}")
             else:
-                for row in rows:
-                    if row.worker == name and row.registered_at >= created - CLOCK_SLACK:
-                        seen.registered = True
-                        seen.note("worker connected to the broker")
-                        return "ready", None, dict(row.info)
+                row = _registered_row(rows, name, seen.instance, created)
+                if row is not None:
+                    seen.registered = True
+                    seen.note("worker connected to the broker")
+                    return "ready", None, dict(row.info)
                 env_id = (pod["metadata"].get("annotations") or {}).get(naming.ANNOTATION_ENV_ID)
                 seen.note(
                     f"worker process running; building environment {env_id}, then connecting "

@@ -113,6 +113,7 @@ class KubeApi:
         kind = manifest["kind"]
         meta = manifest["metadata"]
         replacers: dict[str, Callable[..., Any]] = {
+            "Secret": self.core.replace_namespaced_secret,
             "ConfigMap": self.core.replace_namespaced_config_map,
             "NetworkPolicy": self.networking.replace_namespaced_network_policy,
             "ResourceQuota": self.core.replace_namespaced_resource_quota,
@@ -161,6 +162,14 @@ class KubeApi:
             lambda **kw: self.core.list_namespaced_pod(
                 namespace, label_selector=label_selector, **kw
             ),
+        )
+        return list(result.get("items") or [])
+
+    async def list_all_pods(self, label_selector: str) -> list[Json]:
+        """Pods of every namespace with these labels (a restarted spawner finds its workers)."""
+        result = await self._call(
+            "list Pods in all namespaces",
+            lambda **kw: self.core.list_pod_for_all_namespaces(label_selector=label_selector, **kw),
         )
         return list(result.get("items") or [])
 

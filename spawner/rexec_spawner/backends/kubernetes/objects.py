@@ -12,7 +12,8 @@ expected dicts. The worker pod
 * gets no service-account token and no service-link variables: it has no business with the
   Kubernetes API;
 * reads its one-user credential from a Secret mounted as a file; the credential is never in the
-  pod spec or an environment variable;
+  pod spec or an environment variable, and the backend renews it by replacing the Secret (the
+  kubelet updates mounted Secrets, never environment variables);
 * opens no port: it connects out to the broker, and the namespace's NetworkPolicy refuses all
   ingress and allows egress only to the broker's backend port, the cluster DNS pods on port 53
   and (if configured) package indexes on HTTPS.
@@ -189,15 +190,26 @@ def make_limit_range(release: str, user: str, namespace: str, quota: QuotaSpec) 
 
 
 def make_credential_secret(spec: WorkerSpec, credential: str) -> Manifest:
+    """The Secret the worker pod of ``spec`` mounts its credential from."""
+    return make_credential_secret_for(
+        spec.release, spec.user, spec.namespace, spec.worker, spec.instance, credential
+    )
+
+
+def make_credential_secret_for(
+    release: str, user: str, namespace: str, worker: str, instance: str, credential: str
+) -> Manifest:
+    """The credential Secret of worker pod ``instance``, also when it is renewed: the backend
+    replaces the whole object with a fresh credential (no need to read the old one back)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {
-            "name": naming.secret_name(spec.worker),
-            "namespace": spec.namespace,
-            "labels": naming.worker_labels(spec.release, spec.user, spec.worker),
-            "annotations": {naming.ANNOTATION_INSTANCE: spec.instance},
+            "name": naming.secret_name(worker),
+            "namespace": namespace,
+            "labels": naming.worker_labels(release, user, worker),
+            "annotations": {naming.ANNOTATION_INSTANCE: instance},
         },
         "data": {naming.CREDENTIAL_KEY: base64.b64encode(credential.encode()).decode()},
     }

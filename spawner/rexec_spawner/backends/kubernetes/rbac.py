@@ -7,6 +7,12 @@ rules, so a call that needs more fails there; the Helm chart's ClusterRole must 
 A ClusterRole applies in every namespace, so what the backend only does to objects of its own
 name (``rexec-workers``) is granted for that name only: RBAC can limit get, update and delete to
 names, not create.
+
+Secrets: ``create`` and ``delete`` a worker's credential Secret, and ``update`` it to renew the
+credential. ``update`` cannot be limited to the credentials' names (``worker-<name>-credential``:
+``resourceNames`` lists exact names, never patterns), but it adds nothing that ``delete`` and
+``create`` of any Secret did not already allow. There is still no ``get``, ``list`` or ``watch``:
+the spawner never reads a Secret back.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from rexec_spawner.backends.kubernetes.naming import POLICY_NAME
 RBAC_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create", "delete"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]},
     {
         "apiGroups": [""],
         "resources": ["configmaps"],

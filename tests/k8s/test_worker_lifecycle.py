@@ -1,0 +1,146 @@
+"""A worker pod's credential lives only as long as the pod: renewed in its Secret while the pod
+runs (the node agent updates the mounted file as a kubelet does), and renewed at once by a
+restarted spawner. Real API server, real broker, the spawner under uvicorn as a ServiceAccount
+bound to exactly ``RBAC_RULES``."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rexec.credentials import WorkerClaims, verify_worker_credential
+from tests.k8s.helpers import K8sCluster, wait_for
+from tests.k8s.spawner_stack import make_k8s_settings, run_spawner, service_account_kubeconfig
+
+NAMESPACE_GONE_TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(
+    k8s_cluster: K8sCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    with service_account_kubeconfig(k8s_cluster, tmp_path_factory.mktemp("sa")) as path:
+        yield path
+
+
+@pytest.fixture
+def release() -> str:
+    return f"rl{uuid.uuid4().hex[:6]}"
+
+
+def secret_credential(cluster: K8sCluster, namespace: str, name: str = "default") -> str:
+    secret = cluster.core.read_namespaced_secret(f"worker-{name}-credential", namespace)
+    return base64.b64decode(secret.data["credential"]).decode()
+
+
+def pod_instance(cluster: K8sCluster, namespace: str, name: str = "default") -> str:
+    pod = cluster.core.read_namespaced_pod(f"worker-{name}", namespace)
+    return str(pod.metadata.annotations["rexec.dev/instance"])
+
+
+def claims_of(broker_stack: Any, credential: str) -> WorkerClaims:
+    return verify_worker_credential(broker_stack.signing_key, credential)
+
+
+def registered(broker_stack: Any, user: str = "alice") -> list[Any]:
+    return [w for w in broker_stack.broker.table.workers.values() if w.user == user]
+
+
+def wait_namespace_gone(cluster: K8sCluster, name: str) -> None:
+    def gone() -> bool:
+        return name not in {n.metadata.name for n in cluster.core.list_namespace().items}
+
+    wait_for(gone, NAMESPACE_GONE_TIMEOUT, f"namespace {name} to be deleted", interval=0.5)
+
+
+def test_a_running_workers_credential_is_renewed_in_its_secret_before_it_expires(
+    k8s_cluster, node_agent, sa_kubeconfig, broker_stack, session_factory, tmp_path, release
+):
+    ttl = 20.0
+    settings, tokens = make_k8s_settings(
+        tmp_path / "spawner",
+        broker_stack,
+        sa_kubeconfig,
+        {"alice": ()},
+        release,
+        worker_credential_ttl=ttl,
+    )
+    with run_spawner(settings, tokens) as spawner:
+        assert spawner.put("alice").status_code == 201
+        body = spawner.wait_state("alice", ("ready", "failed"))
+        assert body["state"] == "ready", body
+        namespace = body["info"]["namespace"]
+        instance = pod_instance(k8s_cluster, namespace)
+        first = secret_credential(k8s_cluster, namespace)
+        claims = claims_of(broker_stack, first)
+        # The credential names the pod, so the broker's rows and a revocation can too.
+        assert claims.instance == instance
+        assert claims.expires_at is not None
+        assert claims.expires_at - claims.issued_at == pytest.approx(ttl, abs=1)
+        pid = node_agent.pid_of(namespace, "worker-default")
+
+        # Past the first credential's expiry: the broker would have dropped the worker.
+        while time.time() < claims.expires_at + 4:
+            time.sleep(0.5)
+        renewed = secret_credential(k8s_cluster, namespace)
+        assert renewed != first
+        later = claims_of(broker_stack, renewed)
+        assert later.instance == instance and later.expires_at is not None
+        assert later.expires_at > claims.expires_at
+        [conn] = registered(broker_stack)
+        assert conn.instance == instance  # the same worker, registered with a renewed credential
+        assert conn.expires_at is not None and conn.expires_at > time.time()
+        assert node_agent.pid_of(namespace, "worker-default") == pid
+        assert spawner.get("alice").json()["state"] == "ready"
+        session = session_factory(broker_stack.profile(tokens["alice"]))
+        assert session.call(lambda: 6 * 7) == 42
+
+        assert spawner.delete("alice").json() == {"deleted": True}
+        wait_namespace_gone(k8s_cluster, namespace)
+
+
+def test_a_restarted_spawner_renews_the_credentials_of_the_workers_it_adopts(
+    k8s_cluster, node_agent, sa_kubeconfig, broker_stack, tmp_path, release
+):
+    """Their expiry is unknown to it (it cannot read Secrets back): it renews them at once,
+    not at half of a lease it never saw."""
+    ttl = 60.0  # the worker looks for a renewal every quarter of its credential's remaining life
+    settings, tokens = make_k8s_settings(
+        tmp_path / "spawner",
+        broker_stack,
+        sa_kubeconfig,
+        {"alice": ()},
+        release,
+        worker_credential_ttl=ttl,
+    )
+    with run_spawner(settings, tokens) as first:
+        assert first.put("alice").status_code == 201
+        body = first.wait_state("alice", ("ready", "failed"))
+        assert body["state"] == "ready", body
+    namespace = body["info"]["namespace"]
+    before = secret_credential(k8s_cluster, namespace)
+    half_life = claims_of(broker_stack, before).issued_at + ttl / 2
+    with run_spawner(settings, tokens) as second:
+        # Nobody asks about alice's worker: the spawner finds it by itself.
+        renewed = wait_for(
+            lambda: (c := secret_credential(k8s_cluster, namespace)) != before and c,
+            10,
+            "the adopted worker's credential to be renewed",
+        )
+        claims = claims_of(broker_stack, renewed)
+        assert claims.issued_at < half_life - 10, "renewed at once, not at half-life"
+        assert claims.instance == pod_instance(k8s_cluster, namespace)
+        wait_for(
+            lambda: [w.issued_at for w in registered(broker_stack)] == [claims.issued_at],
+            ttl / 4 + 10,
+            "the worker to register with the renewed credential",
+        )
+        assert second.get("alice").json()["created_at"] == body["created_at"]
+        assert second.delete("alice").json() == {"deleted": True}
+        wait_namespace_gone(k8s_cluster, namespace)
