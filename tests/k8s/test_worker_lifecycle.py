@@ -144,3 +144,34 @@ def test_a_restarted_spawner_renews_the_credentials_of_the_workers_it_adopts(
         assert second.get("alice").json()["created_at"] == body["created_at"]
         assert second.delete("alice").json() == {"deleted": True}
         wait_namespace_gone(k8s_cluster, namespace)
+
+
+def test_a_deleted_workers_credential_is_revoked_at_the_broker(
+    k8s_cluster, node_agent, sa_kubeconfig, broker_stack, tmp_path, release
+):
+    settings, tokens = make_k8s_settings(
+        tmp_path / "spawner", broker_stack, sa_kubeconfig, {"alice": ()}, release
+    )
+    with run_spawner(settings, tokens) as spawner:
+        assert spawner.put("alice").status_code == 201
+        body = spawner.wait_state("alice", ("ready", "failed"))
+        assert body["state"] == "ready", body
+        namespace = body["info"]["namespace"]
+        saved = secret_credential(k8s_cluster, namespace)  # what a copy of the Secret holds
+        instance = pod_instance(k8s_cluster, namespace)
+        assert [w.instance for w in registered(broker_stack)] == [instance]
+
+        assert spawner.delete("alice").json() == {"deleted": True}
+        wait_for(lambda: not registered(broker_stack), 15, "the deleted worker to be dropped")
+        wait_for(
+            lambda: broker_stack.broker.revocations.revoked(instance),
+            10,
+            "the broker to know the instance is revoked",
+        )
+        # The saved credential has hours left, but no worker registers with it any more.
+        assert claims_of(broker_stack, saved).expires_at > time.time() + 3600
+        copy = broker_stack.start_worker("alice", credential=saved, wait=False)
+        assert copy.proc.wait(20) == 3, copy.log()  # refused
+        assert "revoked" in copy.log()
+        assert not registered(broker_stack)
+        wait_namespace_gone(k8s_cluster, namespace)

@@ -21,7 +21,10 @@ at least half the TTL.
 ``close()`` stops watching but leaves pods running, for the next spawner to adopt; ``delete``
 removes the worker's pod, credential and remembered environment, and the namespace with
 everything left in it once the user has no other worker pod (environments remembered for names
-that have no pod go with it). Idle culling deletes the same way.
+that have no pod go with it). Idle culling deletes the same way. Whenever the backend deletes a
+worker pod (delete, culling, replacing a failed one) it also revokes the pod's instance at the
+broker, in the background: the broker drops the worker if it is still connected and refuses
+its credential from then on, so a copy of it is worthless even before it expires.
 
 A user may have ``REXEC_MAX_WORKERS_PER_USER`` active workers: ``ensure`` counts them and
 creates the new one under the user's lock, so concurrent requests cannot overshoot; the
@@ -73,7 +76,7 @@ from rexec_spawner.backends.kubernetes.spec import (
     make_quota_spec,
     make_worker_spec,
 )
-from rexec_spawner.backends.lifecycle import Lease, issue_lease, renewal_due
+from rexec_spawner.backends.lifecycle import Lease, issue_lease, renewal_due, revoke
 from rexec_spawner.config import SpawnerSettings
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ ADOPT_RETRY = 10.0  # seconds before the search for an earlier spawner's workers
 # A kubelet rewrites a mounted Secret within its sync period plus its cache TTL, about a minute
 # by default: a credential renewed at half its life must outlast that.
 SAFE_CREDENTIAL_TTL = 300.0
+REVOKE_ON_CLOSE_WAIT = 3.0  # seconds a closing backend waits for revocations on their way
 
 
 @dataclass
@@ -140,6 +144,11 @@ def _registered_row(
     return None
 
 
+def _instance_of(obj: Json) -> str:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(naming.ANNOTATION_INSTANCE) or "")
+
+
 def _timestamp(value: str | None) -> float:
     if not value:
         return time.time()
@@ -177,6 +186,7 @@ class KubernetesBackend(WorkerBackend):
         self._upkeep_task: asyncio.Task[None] | None = None
         self._adopted = False
         self._next_adoption = 0.0
+        self._revocations: set[asyncio.Task[None]] = set()
         if self.credential_ttl < SAFE_CREDENTIAL_TTL:
             log.warning(
                 "REXEC_WORKER_CREDENTIAL_TTL is %g s: a kubelet may take about a minute to "
@@ -223,8 +233,10 @@ class KubernetesBackend(WorkerBackend):
                 record = await self._record(user, name, pod)
                 if record.active:
                     return record
-                self._tracked.pop((user, name), None)
+                tracked = self._tracked.pop((user, name), None)
                 await self._remove_worker_objects(namespace, name)
+                # A failed worker may still register now and then (a crash loop does).
+                self._revoke(user, name, record.instance, tracked)
                 await self._wait_pod_gone(namespace, naming.pod_name(name))
             elif pod is not None:
                 raise SpawnError(
@@ -273,8 +285,12 @@ class KubernetesBackend(WorkerBackend):
             pod = await self.api.read_pod(namespace, naming.pod_name(name))
             if pod is not None and not self._owned(pod, user):
                 return False
-            self._tracked.pop((user, name), None)
+            tracked = self._tracked.pop((user, name), None)
             existed = await self._remove_worker_objects(namespace, name)
+            if pod is not None:
+                self._revoke(user, name, _instance_of(pod), tracked)
+            elif tracked is not None:
+                self._revoke(user, name, tracked.instance, tracked)
             await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
             self._seen.pop((user, name), None)
             async with self._user_lock(user):
@@ -303,6 +319,8 @@ class KubernetesBackend(WorkerBackend):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._revocations:
+            await asyncio.wait(builtins.list(self._revocations), timeout=REVOKE_ON_CLOSE_WAIT)
         await asyncio.to_thread(self.activity.close)
         self.api.close()
 
@@ -489,6 +507,21 @@ class KubernetesBackend(WorkerBackend):
         pod = await self.api.delete("Pod", namespace, naming.pod_name(name))
         secret = await self.api.delete("Secret", namespace, naming.secret_name(name))
         return pod or secret
+
+    def _revoke(self, user: str, name: str, instance: str, tracked: _Tracked | None) -> None:
+        """Revoke a deleted worker pod's credential at the broker, in the background: a delete
+        does not wait for the broker (``close`` waits, briefly, for what is on its way)."""
+        if not instance:
+            return
+        # Kept by the broker until the credential would expire; if this process did not issue
+        # the current one, the broker keeps it for its longest time instead.
+        lease = tracked.lease if tracked is not None and tracked.instance == instance else None
+        until = lease.expires_at if lease is not None else None
+        task = asyncio.create_task(
+            revoke(self.activity, user, name, instance, until), name=f"rexec-k8s-revoke-{name}"
+        )
+        self._revocations.add(task)
+        task.add_done_callback(self._revocations.discard)
 
     async def _wait_pod_gone(self, namespace: str, pod: str) -> None:
         deadline = time.monotonic() + objects.TERMINATION_GRACE_SECONDS + 30
