@@ -1,11 +1,15 @@
 """A worker pod's credential lives only as long as the pod: renewed in its Secret while the pod
-runs (the node agent updates the mounted file as a kubelet does), and renewed at once by a
-restarted spawner. Real API server, real broker, the spawner under uvicorn as a ServiceAccount
-bound to exactly ``RBAC_RULES``."""
+runs (the node agent updates the mounted file as a kubelet does), renewed at once by a restarted
+spawner, revoked at the broker when the pod is deleted. A hung worker pod is replaced within
+seconds of REXEC_WORKER_HUNG_AFTER. Real API server, real broker, the spawner under uvicorn as a
+ServiceAccount bound to exactly ``RBAC_RULES``."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from rexec.client.session import Session
 from rexec.credentials import WorkerClaims, verify_worker_credential
+from rexec.profile import Profile
 from tests.k8s.helpers import K8sCluster, wait_for
 from tests.k8s.spawner_stack import make_k8s_settings, run_spawner, service_account_kubeconfig
 
@@ -174,4 +180,100 @@ def test_a_deleted_workers_credential_is_revoked_at_the_broker(
         assert copy.proc.wait(20) == 3, copy.log()  # refused
         assert "revoked" in copy.log()
         assert not registered(broker_stack)
+        wait_namespace_gone(k8s_cluster, namespace)
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[float]:
+    """The process SIGSTOPped (alive, but nothing in it runs); yields when; killed after."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield time.monotonic()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_hung_worker_pod_is_reported_failed_and_the_next_put_gets_a_new_one(
+    k8s_cluster, node_agent, sa_kubeconfig, broker_stack, session_factory, tmp_path, release
+):
+    hung_after = 3.0
+    settings, tokens = make_k8s_settings(
+        tmp_path / "spawner",
+        broker_stack,
+        sa_kubeconfig,
+        {"alice": ()},
+        release,
+        worker_hung_after=hung_after,
+    )
+    with run_spawner(settings, tokens) as spawner:
+        assert spawner.put("alice").status_code == 201
+        body = spawner.wait_state("alice", ("ready", "failed"))
+        assert body["state"] == "ready", body
+        namespace = body["info"]["namespace"]
+        old_instance = pod_instance(k8s_cluster, namespace)
+        old_pid = node_agent.pid_of(namespace, "worker-default")
+        time.sleep(hung_after + 1)  # a healthy idle worker is never taken for a hung one
+        assert spawner.get("alice").json()["state"] == "ready"
+
+        with stopped(old_pid) as since:
+            failed = wait_for(
+                lambda: (b := spawner.get("alice").json())["state"] == "failed" and b,
+                hung_after + 5,
+                "the hung worker to be reported failed",
+            )
+            noticed = time.monotonic() - since
+            assert "the worker stopped responding" in failed["error"], failed
+            assert "the next call starts a new one" in failed["error"]
+            assert failed["progress"][-1]["message"] == failed["error"]
+            wait_for(lambda: not registered(broker_stack), 10, "the hung worker to be dropped")
+            assert broker_stack.broker.revocations.revoked(old_instance)
+
+            created = spawner.put("alice")
+            assert created.status_code == 201, created.text
+            body = spawner.wait_state("alice", ("ready", "failed"), timeout=30)
+            took = time.monotonic() - since
+        assert body["state"] == "ready", body
+        print(f"\nhung worker reported {noticed:.1f} s, replaced {took:.1f} s after SIGSTOP")
+        assert noticed < hung_after + 3
+        assert took < hung_after + 12
+        assert pod_instance(k8s_cluster, namespace) != old_instance
+        new_pid = node_agent.pid_of(namespace, "worker-default")
+        session = session_factory(broker_stack.profile(tokens["alice"]))
+        assert session.call(os.getpid) == new_pid != old_pid
+
+        assert spawner.delete("alice").json() == {"deleted": True}
+        wait_namespace_gone(k8s_cluster, namespace)
+
+
+def test_a_client_whose_worker_pod_hangs_gets_a_new_one_by_itself(
+    k8s_cluster, node_agent, sa_kubeconfig, broker_stack, tmp_path, release
+):
+    """What a notebook sees: a call on a hung worker fails, the next one runs on a new pod."""
+    hung_after = 3.0
+    settings, tokens = make_k8s_settings(
+        tmp_path / "spawner",
+        broker_stack,
+        sa_kubeconfig,
+        {"alice": ()},
+        release,
+        worker_hung_after=hung_after,
+    )
+    with run_spawner(settings, tokens) as spawner:
+        profile = Profile(spawner_url=spawner.url, token=tokens["alice"])
+        with Session(profile, progress=lambda message: None) as session:
+            old_pid = session.call(os.getpid, timeout=60)
+            namespace = spawner.get("alice").json()["info"]["namespace"]
+            assert node_agent.pid_of(namespace, "worker-default") == old_pid
+            with stopped(old_pid) as since:
+                new_pid = None
+                while new_pid is None and time.monotonic() - since < 40:
+                    with contextlib.suppress(Exception):  # the call the hang caught
+                        new_pid = session.call(os.getpid, timeout=30)
+                took = time.monotonic() - since
+        assert new_pid is not None and new_pid != old_pid
+        assert new_pid == node_agent.pid_of(namespace, "worker-default")
+        print(f"\nthe client ran on a new worker {took:.1f} s after SIGSTOP")
+        assert took < hung_after + 12, f"a new worker took {took:.1f} s"
+        assert spawner.delete("alice").json() == {"deleted": True}
         wait_namespace_gone(k8s_cluster, namespace)

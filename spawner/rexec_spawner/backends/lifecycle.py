@@ -11,12 +11,18 @@ credential valid, take it back when the worker goes, and notice a worker that st
   no longer has, is hung when the backend's own signal agrees (for local workers: their status
   file, rewritten every few seconds, went stale too). A hung worker is stopped and reported
   failed with the reason, so the next call starts a new one instead of waiting for it.
+  A backend that has no signal of its own (a worker pod's process is out of the spawner's sight)
+  keeps a :class:`HangWatch` per worker instead: the broker's silence counts as it is, since the
+  broker measures it; the broker not listing a worker that was registered counts only once that
+  has lasted ``hung_after`` seconds, so a broker restart (workers register again within seconds)
+  is never taken for a hang.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rexec.credentials import make_worker_credential
@@ -58,6 +64,52 @@ def hung(row: WorkerActivity | None, registered_before: bool, hung_after: float)
     return row.silent_seconds >= hung_after
 
 
+@dataclass
+class HangWatch:
+    """Whether one worker hung, judged from the broker's answers alone (module docstring)."""
+
+    hung_after: float
+    absent_since: float | None = None  # when the broker was first seen not to list the worker
+
+    def observe(
+        self,
+        known: bool,
+        row: WorkerActivity | None,
+        registered_before: bool,
+        now: float | None = None,
+    ) -> bool:
+        """One look at the broker's view: ``known`` False when the broker could not be asked
+        (nothing is concluded, and an absence counts again from the next answer), ``row`` the
+        worker's row or None. True when the worker is hung."""
+        if self.hung_after <= 0 or not known:
+            self.absent_since = None
+            return False
+        if row is not None:
+            self.absent_since = None
+            return hung(row, registered_before, self.hung_after)
+        if not registered_before:
+            return False  # still starting: the ready timeout covers that
+        at = time.time() if now is None else now
+        if self.absent_since is None:
+            self.absent_since = at
+        return at - self.absent_since >= self.hung_after
+
+
+def find_row(
+    rows: Iterable[WorkerActivity], user: str, name: str, instance: str
+) -> WorkerActivity | None:
+    """The row of worker ``instance`` among the broker's rows, or None. A row without an
+    instance (a credential that names none) is taken for it: the broker has one per name."""
+    for row in rows:
+        if (
+            row.user == user
+            and row.worker == name
+            and (not row.instance or row.instance == instance)
+        ):
+            return row
+    return None
+
+
 async def broker_row(
     broker: BrokerActivity | None, user: str, name: str, instance: str
 ) -> tuple[bool, WorkerActivity | None]:
@@ -70,10 +122,7 @@ async def broker_row(
     except ActivityUnavailable as exc:
         log.warning("cannot ask the broker about worker %r of user %r: %s", name, user, exc)
         return False, None
-    for row in rows:
-        if row.worker == name and (not row.instance or row.instance == instance):
-            return True, row
-    return True, None
+    return True, find_row(rows, user, name, instance)
 
 
 async def revoke(

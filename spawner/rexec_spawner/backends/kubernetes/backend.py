@@ -6,8 +6,8 @@ ResourceQuota and LimitRange ``rexec-workers`` (kept up to date with the setting
 once an environment is set, the ConfigMap ``rexec-env-N``. Nothing lives only
 in memory: every answer is read from the cluster (the pod, its events) and from the broker (has
 the worker registered?), so a restarted spawner reports and deletes the workers a previous one
-made. In memory there is only a cache of when each progress step was first seen, and when each
-worker's credential expires.
+made. In memory there is only a cache of when each progress step was first seen, when each
+worker's credential expires, and which workers were replaced as hung (below).
 
 **Credentials** carry the pod's instance id (its ``rexec.dev/instance`` annotation, the record's
 ``instance``) and expire after ``REXEC_WORKER_CREDENTIAL_TTL``. A background task (``_upkeep``,
@@ -25,6 +25,15 @@ that have no pod go with it). Idle culling deletes the same way. Whenever the ba
 worker pod (delete, culling, replacing a failed one) it also revokes the pod's instance at the
 broker, in the background: the broker drops the worker if it is still connected and refuses
 its credential from then on, so a copy of it is worthless even before it expires.
+
+**Hung workers** are replaced. Each round the same task asks the broker about all tracked
+workers at once: a pod whose worker was registered and that the broker has not heard from for
+``REXEC_WORKER_HUNG_AFTER`` seconds, or has not listed for that long (``lifecycle.HangWatch``),
+while Kubernetes still reports it running, is deleted with a one-second grace period (a hung
+process cannot shut down cleanly) and revoked. Its record turns failed with the reason at once,
+so a client that keeps asking sees it within about a second, and the next ``ensure`` starts a
+new pod. Nothing is concluded while the broker cannot be asked. That report lives only in
+memory: after a spawner restart the replaced worker is simply gone (404).
 
 A user may have ``REXEC_MAX_WORKERS_PER_USER`` active workers: ``ensure`` counts them and
 creates the new one under the user's lock, so concurrent requests cannot overshoot; the
@@ -76,7 +85,14 @@ from rexec_spawner.backends.kubernetes.spec import (
     make_quota_spec,
     make_worker_spec,
 )
-from rexec_spawner.backends.lifecycle import Lease, issue_lease, renewal_due, revoke
+from rexec_spawner.backends.lifecycle import (
+    HangWatch,
+    Lease,
+    find_row,
+    issue_lease,
+    renewal_due,
+    revoke,
+)
 from rexec_spawner.config import SpawnerSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +112,7 @@ ADOPT_RETRY = 10.0  # seconds before the search for an earlier spawner's workers
 # by default: a credential renewed at half its life must outlast that.
 SAFE_CREDENTIAL_TTL = 300.0
 REVOKE_ON_CLOSE_WAIT = 3.0  # seconds a closing backend waits for revocations on their way
+HUNG_GRACE_SECONDS = 1  # a hung pod's termination grace period: it cannot shut down cleanly
 
 
 @dataclass
@@ -122,12 +139,24 @@ class _Tracked:
     name: str
     namespace: str
     instance: str
+    watch: HangWatch
     # None: issued by an earlier spawner process, expiry unknown: renewed at once.
     lease: Lease | None = None
     retry_at: float = 0.0  # monotonic time before which a refused renewal is not tried again
+    registered: bool = False  # the broker listed it with this instance's credential
 
     def renewal_due(self, now: float) -> bool:
         return now >= self.retry_at and (self.lease is None or renewal_due(self.lease))
+
+
+@dataclass
+class _Hung:
+    """A worker replaced as hung: its pod instance, why, and its last record (kept to report it
+    failed once the pod is gone, until the next ``ensure`` or ``delete``)."""
+
+    instance: str
+    reason: str
+    record: WorkerRecord | None = None
 
 
 def _registered_row(
@@ -182,7 +211,10 @@ class KubernetesBackend(WorkerBackend):
         self._unlabelled_warned: set[str] = set()
         self._closed = False
         self.credential_ttl = settings.worker_credential_ttl
+        self.hung_after = settings.worker_hung_after
         self._tracked: dict[tuple[str, str], _Tracked] = {}
+        self._hung: dict[tuple[str, str], _Hung] = {}
+        self._broker_unreachable = False
         self._upkeep_task: asyncio.Task[None] | None = None
         self._adopted = False
         self._next_adoption = 0.0
@@ -235,8 +267,11 @@ class KubernetesBackend(WorkerBackend):
                     return record
                 tracked = self._tracked.pop((user, name), None)
                 await self._remove_worker_objects(namespace, name)
-                # A failed worker may still register now and then (a crash loop does).
-                self._revoke(user, name, record.instance, tracked)
+                # A failed worker may still register now and then (a crash loop does); one
+                # replaced as hung was revoked then.
+                replaced = self._hung.get((user, name))
+                if replaced is None or replaced.instance != record.instance:
+                    self._revoke(user, name, record.instance, tracked)
                 await self._wait_pod_gone(namespace, naming.pod_name(name))
             elif pod is not None:
                 raise SpawnError(
@@ -256,7 +291,10 @@ class KubernetesBackend(WorkerBackend):
         check_worker_name(name)
         self._start_upkeep()
         pod = await self.api.read_pod(self.namespace(user), naming.pod_name(name))
-        if pod is None or not self._owned(pod, user):
+        if pod is None:
+            hung = self._hung.get((user, name))
+            return hung.record if hung is not None else None
+        if not self._owned(pod, user):
             return None
         return await self._record(user, name, pod)
 
@@ -276,6 +314,10 @@ class KubernetesBackend(WorkerBackend):
             name = pod["metadata"].get("labels", {}).get(naming.LABEL_WORKER, "")
             if self._owned(pod, user) and name:
                 records.append(await self._record(user, name, pod, rows))
+        listed = {record.name for record in records}
+        for (owner, name), hung in builtins.list(self._hung.items()):
+            if owner == user and name not in listed and hung.record is not None:
+                records.append(hung.record)  # replaced as hung; its pod is gone
         return sorted(records, key=lambda record: record.name)
 
     async def delete(self, user: str, name: str) -> bool:
@@ -286,7 +328,8 @@ class KubernetesBackend(WorkerBackend):
             if pod is not None and not self._owned(pod, user):
                 return False
             tracked = self._tracked.pop((user, name), None)
-            existed = await self._remove_worker_objects(namespace, name)
+            replaced = self._hung.pop((user, name), None)
+            existed = await self._remove_worker_objects(namespace, name) or replaced is not None
             if pod is not None:
                 self._revoke(user, name, _instance_of(pod), tracked)
             elif tracked is not None:
@@ -471,7 +514,8 @@ class KubernetesBackend(WorkerBackend):
             raise
         seen = _Seen(instance)
         self._seen[(user, name)] = seen
-        self._tracked[(user, name)] = _Tracked(user, name, namespace, instance, lease)
+        self._hung.pop((user, name), None)
+        self._tracked[(user, name)] = self._new_tracked(user, name, namespace, instance, lease)
         log.info("created worker pod %s/%s for user %r", namespace, naming.pod_name(name), user)
         record = await self._record(user, name, pod, rows=[])
         task = asyncio.create_task(self._monitor(user, name), name=f"rexec-k8s-monitor-{name}")
@@ -537,8 +581,8 @@ class KubernetesBackend(WorkerBackend):
             self._upkeep_task = asyncio.create_task(self._upkeep(), name="rexec-k8s-upkeep")
 
     async def _upkeep(self) -> None:
-        """Renew each tracked worker's credential when it is due (see the module docstring),
-        after adopting the running workers of an earlier spawner process."""
+        """Renew each tracked worker's credential when it is due and replace hung ones (see
+        the module docstring), after adopting the running workers of an earlier spawner."""
         while not self._closed:
             try:
                 if not self._adopted and time.monotonic() >= self._next_adoption:
@@ -547,10 +591,11 @@ class KubernetesBackend(WorkerBackend):
                 for tracked in builtins.list(self._tracked.values()):
                     if tracked.renewal_due(now):
                         await self._renew(tracked)
+                await self._watch_for_hung()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("renewing worker credentials failed; trying again")
+                log.exception("looking after the running workers failed; trying again")
             await asyncio.sleep(UPKEEP_INTERVAL)
 
     async def _adopt_running(self) -> None:
@@ -598,7 +643,14 @@ class KubernetesBackend(WorkerBackend):
             return
         tracked = self._tracked.get((user, name))
         if tracked is None or tracked.instance != instance:
-            self._tracked[(user, name)] = _Tracked(user, name, metadata["namespace"], instance)
+            self._tracked[(user, name)] = self._new_tracked(
+                user, name, metadata["namespace"], instance
+            )
+
+    def _new_tracked(
+        self, user: str, name: str, namespace: str, instance: str, lease: Lease | None = None
+    ) -> _Tracked:
+        return _Tracked(user, name, namespace, instance, HangWatch(self.hung_after), lease)
 
     def _untrack(self, user: str, name: str, instance: str) -> None:
         tracked = self._tracked.get((user, name))
@@ -655,6 +707,79 @@ class KubernetesBackend(WorkerBackend):
                 self.credential_ttl,
             )
 
+    # --- replacing hung workers --------------------------------------------------------------
+
+    async def _watch_for_hung(self) -> None:
+        """One look at the broker for every tracked worker (a single query for all of them)."""
+        if self.hung_after <= 0 or not self._tracked:
+            return
+        try:
+            rows = await self.activity.fetch()
+        except ActivityUnavailable as exc:
+            if not self._broker_unreachable:
+                log.warning(
+                    "cannot ask the broker whether workers hung (%s); none is replaced until it "
+                    "answers",
+                    exc,
+                )
+            self._broker_unreachable = True
+            for tracked in self._tracked.values():
+                tracked.watch.observe(False, None, tracked.registered)
+            return
+        if self._broker_unreachable:
+            log.info("the broker answers activity queries again")
+            self._broker_unreachable = False
+        now = time.time()
+        for tracked in builtins.list(self._tracked.values()):
+            row = find_row(rows, tracked.user, tracked.name, tracked.instance)
+            if row is not None and row.instance == tracked.instance:
+                tracked.registered = True
+            if tracked.watch.observe(True, row, tracked.registered, now):
+                await self._replace_hung(tracked, row)
+
+    async def _replace_hung(self, tracked: _Tracked, row: WorkerActivity | None) -> None:
+        """Delete a hung worker's pod and revoke its credential; its record turns failed."""
+        key = (tracked.user, tracked.name)
+        lock = self._lock(*key)
+        if lock.locked():
+            return  # being replaced or deleted already
+        async with lock:
+            if self._tracked.get(key) is not tracked:
+                return
+            namespace, pod_name = tracked.namespace, naming.pod_name(tracked.name)
+            pod = await self.api.read_pod(namespace, pod_name)
+            if (
+                pod is None
+                or not self._owned(pod, tracked.user)
+                or (_instance_of(pod) != tracked.instance)
+            ):
+                self._untrack(*key, tracked.instance)
+                return
+            state = assess_pod(pod, []).state
+            if state != "running":
+                # Crashed, restarting or going away: the pod's own status says why, not us.
+                if state in ("failed", "stopped"):
+                    self._untrack(*key, tracked.instance)
+                else:
+                    tracked.watch.absent_since = time.time()
+                return
+            silence = (
+                f"the broker has heard nothing from it for {row.silent_seconds:.0f} s"
+                if row is not None
+                else f"it has not been connected to the broker for {self.hung_after:g} s"
+            )
+            reason = (
+                f"the worker stopped responding ({silence}); its pod was deleted and the next "
+                "call starts a new one (its variables are lost)"
+            )
+            log.warning("worker %r of user %r: %s", tracked.name, tracked.user, reason)
+            del self._tracked[key]
+            hung = self._hung[key] = _Hung(tracked.instance, reason)
+            hung.record = await self._record(tracked.user, tracked.name, pod)
+            self._revoke(tracked.user, tracked.name, tracked.instance, tracked)
+            await self.api.delete("Pod", namespace, pod_name, grace_seconds=HUNG_GRACE_SECONDS)
+            await self.api.delete("Secret", namespace, naming.secret_name(tracked.name))
+
     async def _pod_still_runs(self, tracked: _Tracked) -> bool:
         pod = await self.api.read_pod(tracked.namespace, naming.pod_name(tracked.name))
         if pod is None or not self._owned(pod, tracked.user):
@@ -705,9 +830,19 @@ class KubernetesBackend(WorkerBackend):
         if assessment.state == "starting":
             events = await self.api.list_pod_events(metadata["namespace"], metadata["name"])
             assessment = assess_pod(pod, events)
-        for index, step in enumerate(assessment.steps):
-            seen.note(step, created if index == 0 else None)
-        state, error, info = await self._state(user, name, pod, assessment, seen, created, rows)
+        hung = self._hung.get((user, name))
+        if hung is not None and hung.instance != instance:
+            hung = None
+        if hung is None:  # a replaced pod's deletion is not news: its reason stays the last step
+            for index, step in enumerate(assessment.steps):
+                seen.note(step, created if index == 0 else None)
+        state: WorkerState
+        error: str | None
+        info: dict[str, Any]
+        if hung is not None:
+            state, error, info = "failed", hung.reason, {}
+        else:
+            state, error, info = await self._state(user, name, pod, assessment, seen, created, rows)
         status = pod.get("status") or {}
         info.update(
             namespace=metadata.get("namespace"),
@@ -723,7 +858,7 @@ class KubernetesBackend(WorkerBackend):
             self._track(pod)  # a pod an earlier spawner started: renew its credential now
         else:
             self._untrack(user, name, instance)
-        return WorkerRecord(
+        record = WorkerRecord(
             user=user,
             name=name,
             state=state,
@@ -733,6 +868,9 @@ class KubernetesBackend(WorkerBackend):
             info={key: value for key, value in info.items() if value is not None},
             error=error,
         )
+        if hung is not None:
+            hung.record = record
+        return record
 
     async def _state(
         self,

@@ -11,6 +11,7 @@ waits forever. API errors become ``SpawnError`` with what to check; ``None``/``F
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -183,16 +184,22 @@ class KubeApi:
 
     # --- delete ------------------------------------------------------------------------------
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
-        """Delete one object; False if it was not there."""
+    async def delete(
+        self, kind: str, namespace: str, name: str, grace_seconds: int | None = None
+    ) -> bool:
+        """Delete one object; False if it was not there. ``grace_seconds`` shortens a pod's
+        termination grace period (None: the pod's own)."""
         deleters: dict[str, Callable[..., Any]] = {
             "Pod": self.core.delete_namespaced_pod,
             "Secret": self.core.delete_namespaced_secret,
             "ConfigMap": self.core.delete_namespaced_config_map,
             "ResourceQuota": self.core.delete_namespaced_resource_quota,
         }
+        deleter = deleters[kind]
+        if grace_seconds is not None:
+            deleter = functools.partial(deleter, grace_period_seconds=grace_seconds)
         try:
-            await self._call(f"delete {kind} {namespace}/{name}", deleters[kind], name, namespace)
+            await self._call(f"delete {kind} {namespace}/{name}", deleter, name, namespace)
         except NotFound:
             return False
         return True
