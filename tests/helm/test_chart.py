@@ -100,6 +100,11 @@ def test_rendered_objects_validate_strictly(helm: Path, which: str, sets: list[s
         (["worker.tmpVolumeSize=big"], "at '/worker/tmpVolumeSize'"),
         (["worker.podSecurityVersion=1.30"], "at '/worker/podSecurityVersion'"),
         (["worker.maxPerUser=-1"], "at '/worker/maxPerUser'"),
+        (["worker.credentialTtl=60"], "at '/worker/credentialTtl': minimum: got 60, want 300"),
+        (["worker.hungAfter=-1"], "at '/worker/hungAfter'"),
+        (["broker.connections.burst=0"], "at '/broker/connections/burst'"),
+        (["broker.connections.rate=0"], "at '/broker/connections/rate'"),
+        (["broker.connections.greetWithin=soon"], "at '/broker/connections/greetWithin'"),
         (["spawner.maxBodyBytes=0"], "at '/spawner/maxBodyBytes'"),
         (["broker.resources.limits.ephemeral-storage=x"], "at '/broker/resources/limits"),
         (["worker.namespacePrefix=Users_"], "at '/worker/namespacePrefix'"),
@@ -491,6 +496,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.pod_security_version == "v1.30"
         assert settings.max_workers_per_user == 3
         assert settings.max_body_bytes == 65536
+        assert (settings.worker_credential_ttl, settings.worker_hung_after) == (7200, 45)
         assert k8s.namespace_prefix == "rx-u-"
         assert k8s.package_index_cidrs == ("0.0.0.0/0",)
         assert k8s.dns_namespace_labels == {"rexec.dev/dns": "true"}
@@ -507,6 +513,7 @@ def test_spawner_settings_load_from_the_rendered_environment(helm: Path, which: 
         assert k8s.dns_namespace == "kube-system" and k8s.dns_namespace_labels == {}
         assert k8s.pod_security_version == "latest"
         assert settings.max_workers_per_user == 8
+        assert (settings.worker_credential_ttl, settings.worker_hung_after) == (43200, 30)
         assert k8s.worker_profile.resources()["limits"] == {
             "cpu": "2",
             "memory": "4Gi",
@@ -567,6 +574,42 @@ def test_broker_command_line_parses_and_binds_safely(
         assert str(args.curve_secret_key) == "/etc/rexec/curve/broker.key"
         mounts = {m["mountPath"]: m["name"] for m in broker["volumeMounts"]}
         assert mounts["/etc/rexec/curve"] == "curve"
+
+
+@pytest.mark.parametrize("which", sorted(VALUE_SETS))
+def test_broker_connection_limits_come_from_the_values(
+    helm: Path, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """broker.connections.* reach the broker as the limits its command line builds."""
+    from rexec_broker.command import make_parser
+    from rexec_broker.connections import ConnectionLimits
+
+    broker = container(find(render(helm, VALUE_SETS[which][0]), "Deployment", "rexec-broker"))
+    for name in list(os.environ):
+        if name.startswith(("REXEC_", "AUTH_")):
+            monkeypatch.delenv(name)
+    for name, value in env_of(broker).items():
+        monkeypatch.setenv(name, value)
+    args = make_parser("rexec broker").parse_args(broker["args"])
+    limits = ConnectionLimits(
+        per_address=args.max_pending_per_address,
+        total=args.max_pending,
+        rate=args.connection_rate,
+        burst=args.connection_burst,
+        greet_within=args.greet_within,
+    )
+    limits.check()
+    if which == "full":
+        assert (limits.greet_within, limits.per_address, limits.total) == (5.5, 32, 1024)
+        assert (limits.rate, limits.burst) == (16.5, 64)
+    else:  # the chart's defaults are the broker's own
+        defaults = ConnectionLimits()
+        assert (limits.greet_within, limits.per_address, limits.total) == (
+            defaults.greet_within,
+            defaults.per_address,
+            defaults.total,
+        )
+        assert (limits.rate, limits.burst) == (defaults.rate, defaults.burst)
 
 
 # --- secrets -----------------------------------------------------------------------------------

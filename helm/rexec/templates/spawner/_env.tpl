@@ -33,6 +33,10 @@
   value: {{ .Values.worker.idleTimeout | quote }}
 - name: REXEC_CULL_INTERVAL
   value: {{ .Values.worker.cullInterval | quote }}
+- name: REXEC_WORKER_CREDENTIAL_TTL
+  value: {{ .Values.worker.credentialTtl | quote }}
+- name: REXEC_WORKER_HUNG_AFTER
+  value: {{ .Values.worker.hungAfter | quote }}
 - name: REXEC_MAX_WORKERS_PER_USER
   value: {{ .Values.worker.maxPerUser | int64 | quote }}
 - name: REXEC_K8S_RELEASE
