@@ -68,7 +68,7 @@ def wait_namespace_gone(cluster: K8sCluster, name: str) -> None:
 def test_a_running_workers_credential_is_renewed_in_its_secret_before_it_expires(
     k8s_cluster, node_agent, sa_kubeconfig, broker_stack, session_factory, tmp_path, release
 ):
-    ttl = 20.0
+    ttl = 12.0  # renewed at 6 s; the worker looks for it every quarter of what is left
     settings, tokens = make_k8s_settings(
         tmp_path / "spawner",
         broker_stack,
@@ -116,7 +116,7 @@ def test_a_restarted_spawner_renews_the_credentials_of_the_workers_it_adopts(
 ):
     """Their expiry is unknown to it (it cannot read Secrets back): it renews them at once,
     not at half of a lease it never saw."""
-    ttl = 60.0  # the worker looks for a renewal every quarter of its credential's remaining life
+    ttl = 40.0  # the worker looks for a renewal every quarter of its credential's remaining life
     settings, tokens = make_k8s_settings(
         tmp_path / "spawner",
         broker_stack,
@@ -140,7 +140,7 @@ def test_a_restarted_spawner_renews_the_credentials_of_the_workers_it_adopts(
             "the adopted worker's credential to be renewed",
         )
         claims = claims_of(broker_stack, renewed)
-        assert claims.issued_at < half_life - 10, "renewed at once, not at half-life"
+        assert claims.issued_at < half_life - 8, "renewed at once, not at half-life"
         assert claims.instance == pod_instance(k8s_cluster, namespace)
         wait_for(
             lambda: [w.issued_at for w in registered(broker_stack)] == [claims.issued_at],

@@ -105,7 +105,7 @@ MAX_PROGRESS_EVENTS = 100
 # A worker started with an environment builds it (pip) before it registers; the worker stops
 # itself after REXEC_ENV_BUILD_TIMEOUT (default 1800 s), so the spawner waits that much longer.
 ENV_BUILD_ALLOWANCE = 1800.0
-UPKEEP_INTERVAL = 1.0  # seconds between rounds of credential renewals
+UPKEEP_INTERVAL = 1.0  # seconds between rounds of credential renewals and hung checks
 RENEW_RETRY = 5.0  # seconds before a renewal the API server refused is tried again
 ADOPT_RETRY = 10.0  # seconds before the search for an earlier spawner's workers is retried
 # A kubelet rewrites a mounted Secret within its sync period plus its cache TTL, about a minute
@@ -330,10 +330,11 @@ class KubernetesBackend(WorkerBackend):
             tracked = self._tracked.pop((user, name), None)
             replaced = self._hung.pop((user, name), None)
             existed = await self._remove_worker_objects(namespace, name) or replaced is not None
-            if pod is not None:
-                self._revoke(user, name, _instance_of(pod), tracked)
-            elif tracked is not None:
-                self._revoke(user, name, tracked.instance, tracked)
+            instance = _instance_of(pod) if pod is not None else ""
+            if not instance and tracked is not None:
+                instance = tracked.instance
+            if replaced is None or replaced.instance != instance:  # not revoked already
+                self._revoke(user, name, instance, tracked)
             await self.api.delete("ConfigMap", namespace, naming.environment_name(name))
             self._seen.pop((user, name), None)
             async with self._user_lock(user):
