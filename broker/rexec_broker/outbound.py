@@ -2,16 +2,20 @@
 and never more than a bounded number of bytes ahead of what the peer has read.
 
 **Windows.** Every peer tells the broker how many bytes of its messages it has read and is done
-with (``credit``, cumulative). The broker sends a peer at most ``window`` bytes beyond that, and
-all peers together at most ``total_window`` bytes beyond theirs; one message always goes when
-nothing is outstanding, whatever its size. So libzmq's queues for a peer that stops reading hold
-at most a window, and the peer's own buffers too.
+with (``credit``, cumulative, each quarter window). The broker sends a peer at most ``window``
+bytes beyond that, and all peers together at most ``total_window`` bytes beyond theirs; one
+message always goes when less than a quarter window is outstanding, whatever its size. So
+libzmq's queues for a peer that stops reading hold at most a window (and one message), and the
+peer's own buffers too.
 
 **Held messages.** What may not be sent yet waits here, in order, counted in bytes. When a peer's
 held bytes pass ``pause_at`` the owner is told (``pause``: the broker then asks the workers that
-produce for it to pause), and again once they fall below ``resume_at`` (``resume``); past
-``overflow_at``, or when all peers together hold more than ``max_held``, the owner is told
-``overflow`` for the peer holding the most, and must fail what it is owed and ``drop`` it.
+produce for it to pause), and again once it caught up (``resume``). A peer holding more than one
+message and over ``overflow_at`` bytes, or the peer holding the most when all together hold more
+than ``max_held``, is reported ``overflow``: the owner drops what it can lose (output) with
+``drop``. A single message, however large, always waits: it is the one being read. A peer that
+has held messages and has not reported reading anything for ``stall_after`` seconds is
+``stalled`` (the owner asks for them in its sweep) and is not reading at all.
 
 **Full queues.** A send that finds libzmq's queue full (its high-water mark, in messages) keeps the
 message in the same held queue; the loop retries (``flush``) while ``backlogs`` is not empty. A
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,11 +55,12 @@ class FlowLimits:
     """Byte bounds of what the broker sends and keeps (see the module docstring)."""
 
     window: int = 16 * MiB
-    total_window: int = 512 * MiB
+    total_window: int = 256 * MiB
     pause_at: int = 8 * MiB
     resume_at: int = 2 * MiB
     overflow_at: int = 64 * MiB
     max_held: int = 256 * MiB
+    stall_after: float = 60.0
 
     def check(self) -> None:
         from rexec.errors import ConfigError
@@ -74,6 +80,8 @@ class _Peer:
     held: collections.deque[tuple[list[Any], int]] = field(default_factory=collections.deque)
     held_bytes: int = 0
     paused: bool = False  # told the owner "pause" and not "resume" yet
+    # When it last reported reading, or when messages started to wait for it (monotonic).
+    progress_at: float = field(default_factory=time.monotonic)
 
 
 def message_bytes(message: list[Any]) -> int:
@@ -127,11 +135,7 @@ class Outbound:
         if peer.held:
             self._hold(key, peer, message, size)
             return True
-        outstanding = peer.sent - peer.acked
-        if outstanding > 0 and (
-            outstanding + size > self.limits.window
-            or self.in_flight + size > self.limits.total_window
-        ):
+        if self._must_wait(peer, size):
             self._hold(key, peer, message, size)
             return True
         return self._send_now(key, peer, message, size)
@@ -144,6 +148,7 @@ class Outbound:
         acked = min(acked, peer.sent)  # a peer never reads more than it was sent
         self.in_flight -= acked - peer.acked
         peer.acked = acked
+        peer.progress_at = time.monotonic()
         if peer.held:
             self.backlogs[key] = peer
         elif peer.paused:  # it caught up with what was held (or that was dropped)
@@ -181,6 +186,21 @@ class Outbound:
         peer = self._peers.get(key)
         return peer.held_bytes if peer is not None else 0
 
+    def crowded(self, key: PeerKey) -> bool:
+        """Whether more should not be queued for this peer now: it holds several messages and
+        over ``overflow_at`` bytes, or all peers together hold over ``max_held``."""
+        peer = self._peers.get(key)
+        if self.held_bytes > self.limits.max_held:
+            return True
+        return peer is not None and len(peer.held) > 1 and peer.held_bytes > self.limits.overflow_at
+
+    def stalled(self) -> list[PeerKey]:
+        """Peers with messages held for ``stall_after`` seconds without reading any."""
+        deadline = time.monotonic() - self.limits.stall_after
+        return [
+            key for key, peer in self._peers.items() if peer.held and peer.progress_at < deadline
+        ]
+
     def drop(self, key: PeerKey) -> list[list[Any]]:
         """Discard what is held for a peer (it overflowed); return the messages."""
         peer = self._peers.get(key)
@@ -204,6 +224,19 @@ class Outbound:
 
     # -- internals -------------------------------------------------------------------------
 
+    def _must_wait(self, peer: _Peer, size: int) -> bool:
+        """Whether a message of ``size`` bytes would take the peer beyond its window (or all
+        peers beyond theirs). Peers report every quarter window, so less than that may stay
+        unreported for good: it counts as nothing outstanding, and then one message goes
+        whatever its size."""
+        outstanding = peer.sent - peer.acked
+        if outstanding < self.limits.window // 4:
+            return False
+        return (
+            outstanding + size > self.limits.window
+            or self.in_flight + size > self.limits.total_window
+        )
+
     def _send_now(self, key: PeerKey, peer: _Peer, message: list[Any], size: int) -> bool:
         try:
             send_message(self._frontend if key[0] else self._backend, message)
@@ -222,14 +255,21 @@ class Outbound:
         return True
 
     def _hold(self, key: PeerKey, peer: _Peer, message: list[Any], size: int) -> None:
+        if not peer.held:
+            peer.progress_at = time.monotonic()  # the wait starts now
         peer.held.append((message, size))
         peer.held_bytes += size
         self.held_bytes += size
         limits = self.limits
-        if peer.held_bytes > limits.overflow_at or self.held_bytes > limits.max_held:
+        over = len(peer.held) > 1 and peer.held_bytes > limits.overflow_at
+        if not over and self.held_bytes > limits.max_held:
+            worst_key = max(self._peers, key=lambda k: self._peers[k].held_bytes)
+            worst = self._peers[worst_key]
+            if len(worst.held) > 1:
+                key, over = worst_key, True
+        if over:
             self._stats["overflowed"] += 1
-            worst = max(self._peers, key=lambda k: self._peers[k].held_bytes)
-            self._on_pressure(worst, "overflow")
+            self._on_pressure(key, "overflow")
         elif not peer.paused and peer.held_bytes > limits.pause_at:
             peer.paused = True
             self._stats["paused"] += 1
@@ -241,10 +281,7 @@ class Outbound:
         limits = self.limits
         while peer.held:
             message, size = peer.held[0]
-            outstanding = peer.sent - peer.acked
-            if outstanding > 0 and (
-                outstanding + size > limits.window or self.in_flight + size > limits.total_window
-            ):
+            if self._must_wait(peer, size):
                 return True  # waits for credit, not for the loop
             try:
                 send_message(sock, message)

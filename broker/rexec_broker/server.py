@@ -46,7 +46,8 @@ from rexec_broker.activity import ActivityTracker, answer_activity
 from rexec_broker.admission import Admission, Admitted, Decision, Denied
 from rexec_broker.config import BrokerSettings
 from rexec_broker.connections import ConnectionGuard, peer_address
-from rexec_broker.outbound import Outbound, PeerKey, message_bytes
+from rexec_broker.outbound import Outbound, PeerKey
+from rexec_broker.pressure import FlowControl
 from rexec_broker.registration import (
     Revocations,
     answer_revoke,
@@ -70,22 +71,6 @@ _CLIENT_TO_BROKER = p.CLIENT_TO_BROKER
 _WORKER_TO_BROKER = p.WORKER_TO_BROKER
 _REQUEST, _REPLY = p.REQUEST, p.REPLY
 _monotonic = time.monotonic
-_WORKER_NOT_READING = (
-    "the worker is not reading its requests (it may be hung or overloaded); retry later, or "
-    "restart it"
-)
-_CLIENT_NOT_READING = (
-    "this connection stopped reading while its requests kept sending it data; the request was "
-    "cancelled"
-)
-
-
-def _dropped(size: int) -> dict[str, str]:
-    return {
-        "name": "stderr",
-        "text": f"[rexec: {size:,} bytes of output were dropped: they arrived faster than this "
-        "client read them; print less, or write large output to a file]\n",
-    }
 
 
 class Broker:
@@ -145,7 +130,10 @@ class Broker:
             self._drop_peer,
             self.stats,
             settings.flow_limits,
-            self._on_pressure,
+            lambda key, level: self.flow.on_pressure(key, level),
+        )
+        self.flow = FlowControl(
+            self.table, self._outbound, self._outbound.send, self._fail_request, self.stats
         )
         # Bound once: every request and reply is sent through them.
         self._send, self._hold = self._outbound.send, self._outbound.hold
@@ -352,9 +340,10 @@ class Broker:
                 return
             client = self.table.clients[rid]  # start_request found it
             worker_rid = target.rid
-            if self._outbound.held_for((False, worker_rid)) > self._outbound.limits.pause_at:
+            busy = self.flow.refuse_request(worker_rid)
+            if busy is not None:
                 self.table.finish_request((rid, request_id))
-                self._fail_request(rid, request_id, p.E_BUSY, _WORKER_NOT_READING)
+                self._fail_request(rid, request_id, p.E_BUSY, busy)
                 return
             # The worker sees the connection's route tag. If the worker's connection is gone,
             # dropping it has already failed this request.
@@ -608,93 +597,6 @@ class Broker:
         for client_rid in list(self.table.clients_by_key.get(key, ())):
             self._to_client(client_rid, p.make_worker_state(state, key[1], info))
 
-    # -- flow ------------------------------------------------------------------------------
-
-    def _on_pressure(self, key: PeerKey, level: str) -> None:
-        """A peer's held messages crossed a threshold (see ``rexec_broker.outbound``)."""
-        to_client, rid = key
-        if to_client:
-            if level == "overflow":
-                self._client_overflowed(rid)
-            else:  # pause or resume the workers that produce what this client does not read
-                self._flow_to_workers(rid, pause=level == "pause")
-        elif level == "overflow":
-            self._worker_overflowed(rid)
-
-    def _flow_to_workers(self, client_rid: bytes, pause: bool) -> None:
-        client = self.table.clients.get(client_rid)
-        if client is None:
-            return
-        for request_id in list(client.inflight):
-            worker_rid = self.table.inflight.get((client_rid, request_id))
-            if worker_rid is not None:
-                self._to_worker(worker_rid, client.tag, p.make_flow(request_id, pause))
-
-    def _client_overflowed(self, client_rid: bytes) -> None:
-        """A client reads too slowly for what its requests produce: the output held for it is
-        dropped, each request saying how much it lost (as Jupyter does past its output rate
-        limit); replies and items stay. If that is still too much, its requests end."""
-        key = (True, client_rid)
-        kept: list[list[Any]] = []
-        lost: dict[str, int] = {}
-        for message in self._outbound.drop(key):
-            try:
-                header = p.parse_header(bytes(message[1]))
-            except (ProtocolError, IndexError, TypeError):
-                continue
-            request_id = header.get("id")
-            if header["t"] == p.OUTPUT and type(request_id) is str:
-                if request_id not in lost:
-                    lost[request_id] = 0
-                    kept.append([client_rid, request_id])  # where its notice goes
-                lost[request_id] += message_bytes(message)
-            else:
-                kept.append(message)
-        client = self.table.clients.get(client_rid)
-        log.warning(
-            "a client of user %s reads too slowly; dropped %s bytes of output held for it",
-            client.user if client else "?",
-            f"{sum(lost.values()):,}",
-        )
-        self.stats["output_dropped"] += sum(lost.values())
-        for message in kept:
-            if len(message) == 2 and isinstance(message[1], str):  # a notice's place
-                request_id = message[1]
-                message = [
-                    client_rid,
-                    *p.make_output(request_id, "stream", _dropped(lost[request_id])),
-                ]
-            self._send(True, client_rid, message)
-        if self._outbound.held_for(key) > self._outbound.limits.overflow_at:
-            self._cancel_client_requests(client_rid)
-
-    def _cancel_client_requests(self, client_rid: bytes) -> None:
-        """Even without output, what waits for this client is too much: its requests end."""
-        self._outbound.drop((True, client_rid))
-        client = self.table.clients.get(client_rid)
-        if client is None:
-            return
-        log.warning("cancelled the requests of a client of user %s: it does not read", client.user)
-        for request_id in list(client.inflight):
-            worker_rid = self.table.inflight.get((client_rid, request_id))
-            self.table.finish_request((client_rid, request_id))
-            if worker_rid is not None:
-                self._to_worker(worker_rid, client.tag, p.make_cancel(request_id))
-            self._fail_request(client_rid, request_id, p.E_BUSY, _CLIENT_NOT_READING)
-
-    def _worker_overflowed(self, worker_rid: bytes) -> None:
-        """A worker stopped reading: the requests held for it end with a reply saying so."""
-        for message in self._outbound.drop((False, worker_rid)):
-            try:
-                header = p.parse_header(bytes(message[2]))
-            except (ProtocolError, IndexError, TypeError):
-                continue
-            client_rid = self.table.by_tag.get(bytes(message[1]))
-            request_id = header.get("id")
-            if header["t"] == _REQUEST and client_rid is not None and type(request_id) is str:
-                self.table.finish_request((client_rid, request_id))
-                self._fail_request(client_rid, request_id, p.E_BUSY, _WORKER_NOT_READING)
-
     # -- timers ----------------------------------------------------------------------------
 
     def _drop_expired(self) -> None:
@@ -717,6 +619,7 @@ class Broker:
             due |= {"clients", "workers"}
             self._next_sweep = now + SWEEP_INTERVAL
             self._drop_expired()
+            self.flow.sweep()
         if "workers" in due:
             for rid in list(self.table.workers):
                 self._to_worker(rid, p.NO_TAG, p.make_probe())

@@ -46,6 +46,16 @@ def test_numpy_round_trip_is_exact(session):
     assert result[0, 0] == -1
 
 
+def test_arrays_larger_than_the_send_window_travel_both_ways_again_and_again(session):
+    # 48 MB each way, three times the broker's default window: each message goes whole.
+    array = np.arange(6_000_000, dtype=np.float64)
+    for _ in range(3):
+        result = session.call(lambda a: a + 1, (array,), timeout=60)
+        assert result.nbytes == array.nbytes and result[-1] == array[-1] + 1
+    futures = [session.submit(lambda a: a.sum(), array) for _ in range(4)]
+    assert [f.result(timeout=60) for f in futures] == [array.sum()] * 4
+
+
 def test_exception_keeps_its_type_and_remote_traceback(session):
     def fail(value):
         raise KeyError(f"missing {value}")

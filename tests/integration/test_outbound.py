@@ -148,3 +148,33 @@ def test_a_gone_peer_is_forgotten(pair):
         pair.outbox.credit((True, rid), 10**9)
         time.sleep(0.01)
     assert pair.gone == [rid] and pair.outbox.in_flight == 0
+
+
+def test_a_single_large_message_waits_without_overflowing(pair):
+    _sock, rid = pair.peer()
+    pair.send(rid, 150 * KiB)  # sent: nothing was outstanding
+    pair.send(rid, 250 * KiB)  # over every bound, but alone: the one being read next
+    assert (rid, "overflow") not in pair.events and not pair.outbox.crowded((True, rid))
+    pair.send(rid, 10 * KiB)
+    assert (rid, "overflow") in pair.events and pair.outbox.crowded((True, rid))
+
+
+def test_a_peer_that_reads_nothing_is_stalled(pair):
+    sock, rid = pair.peer()
+    for _ in range(8):
+        pair.send(rid, 10 * KiB)
+    assert pair.outbox.stalled() == []
+    pair.outbox.limits = FlowLimits(**{**LIMITS.__dict__, "stall_after": 0.2})
+    time.sleep(0.3)
+    assert pair.outbox.stalled() == [(True, rid)]
+    pair.outbox.credit((True, rid), received(sock))
+    assert pair.outbox.stalled() == []
+
+
+def test_less_than_a_quarter_window_outstanding_never_blocks_a_large_message(pair):
+    """Peers report every quarter window: what stays below it may never be reported, and a
+    message waiting for that report would wait forever."""
+    sock, rid = pair.peer()
+    pair.send(rid, 1 * KiB)  # a welcome, say: never reported on its own
+    pair.send(rid, 150 * KiB)
+    assert received(sock) == 151 * KiB
