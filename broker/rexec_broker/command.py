@@ -83,6 +83,13 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     defaults = ConnectionLimits()
     parser.add_argument(
+        "--speak-within",
+        type=float,
+        default=_env_number("REXEC_BROKER_SPEAK_WITHIN", defaults.speak_within),
+        help="seconds a new connection has to send its first message (its handshake included) "
+        "before it is closed [REXEC_BROKER_SPEAK_WITHIN, %(default)s]",
+    )
+    parser.add_argument(
         "--greet-within",
         type=float,
         default=_env_number("REXEC_BROKER_GREET_WITHIN", defaults.greet_within),
@@ -116,9 +123,37 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="new connections one IP address may open at once [REXEC_BROKER_CONNECTION_BURST, "
         "%(default)s]",
     )
+    parser.add_argument(
+        "--total-connection-rate",
+        type=float,
+        default=_env_number("REXEC_BROKER_TOTAL_CONNECTION_RATE", defaults.total_rate),
+        help="new connections per second from all addresses together, after a burst of "
+        "--total-connection-burst [REXEC_BROKER_TOTAL_CONNECTION_RATE, %(default)s]",
+    )
+    parser.add_argument(
+        "--total-connection-burst",
+        type=int,
+        default=int(_env_number("REXEC_BROKER_TOTAL_CONNECTION_BURST", defaults.total_burst)),
+        help="new connections from all addresses at once [REXEC_BROKER_TOTAL_CONNECTION_BURST, "
+        "%(default)s]",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_auth_arguments(parser)
     return parser
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """The connection limits the parsed command line asks for."""
+    return ConnectionLimits(
+        per_address=args.max_pending_per_address,
+        total=args.max_pending,
+        rate=args.connection_rate,
+        burst=args.connection_burst,
+        total_rate=args.total_connection_rate,
+        total_burst=args.total_connection_burst,
+        speak_within=args.speak_within,
+        greet_within=args.greet_within,
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -139,13 +174,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             allow_plaintext=args.allow_plaintext,
             max_message_bytes=args.max_message_bytes,
             max_in_flight=args.max_in_flight,
-            connection_limits=ConnectionLimits(
-                per_address=args.max_pending_per_address,
-                total=args.max_pending,
-                rate=args.connection_rate,
-                burst=args.connection_burst,
-                greet_within=args.greet_within,
-            ),
+            connection_limits=connection_limits(args),
         )
         broker = Broker(
             settings, make_validator(settings.auth), load_key(settings.signing_key_path)

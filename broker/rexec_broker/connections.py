@@ -12,12 +12,13 @@ seeded (``rexec.transport.seed_connection_ids``). Rexec peers never choose ids, 
 * disconnects a peer the moment a message shows an id that libzmq cannot have assigned, and refuses
   new connections from its address for a while (``ban_seconds``);
 * bounds what an unauthenticated peer may hold: connections per address and in all, new
-  connections per address per second, and seconds until a hello (or a worker's register) must
-  have been accepted. A peer that says nothing, or only nonsense, is disconnected by then.
+  connections per second per address and in all, seconds until its first message
+  (``speak_within``) and until a hello (or a worker's register) was accepted (``greet_within``).
+  A peer that says nothing, or only nonsense, is disconnected by then.
 
 What remains is a guess: a peer that keeps a chosen id silent hopes the counter reaches it before
-``greet_within`` ends; with the counter unknown that succeeds with odds of about one in 2**32 per
-id and connection the counter passes, and the limits bound how many of either one address holds.
+``speak_within`` ends; with the counter unknown that succeeds with odds of about one in 2**32 per
+id held and connection the counter passes meanwhile, and the limits bound both.
 ``docs/security.md`` gives the numbers.
 
 The broker's loop tells this class what it sees (connections accepted and closed, from the
@@ -46,6 +47,7 @@ log = logging.getLogger("rexec.broker")
 AUTOMATIC_ID_LENGTH = 5
 MAX_TRACKED_ADDRESSES = 65_536
 LOCAL = "local"  # the address of Unix-socket (ipc://) peers
+ALL = "*"  # the bucket of new connections from every address
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,25 @@ class ConnectionLimits:
     total: int = 4096
     rate: float = 64.0
     burst: int = 512
+    # New connections per second from all addresses together, after a burst of total_burst.
+    total_rate: float = 1024.0
+    total_burst: int = 4096
+    # A connection must have sent its first message this soon after it was accepted (the
+    # handshake included) ...
+    speak_within: float = 3.0
+    # ... and be authenticated this soon (an identity provider check included).
     greet_within: float = 10.0
     ban_seconds: float = 60.0
 
     def check(self) -> None:
         from rexec.errors import ConfigError
 
-        if self.per_address < 1 or self.total < 1 or self.burst < 1:
+        if min(self.per_address, self.total, self.burst, self.total_burst) < 1:
             raise ConfigError("connection limits must be at least 1")
-        if self.rate <= 0 or self.greet_within <= 0 or self.ban_seconds < 0:
+        if min(self.rate, self.total_rate, self.speak_within, self.greet_within) <= 0:
             raise ConfigError("connection rates and deadlines must be positive numbers")
+        if self.ban_seconds < 0:
+            raise ConfigError("the ban must be 0 (none) or a number of seconds")
 
 
 @dataclass
@@ -162,6 +173,7 @@ class ConnectionGuard:
         self._fd_of: dict[bytes, int] = {}
         self._unauthenticated: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, _Bucket] = {}
+        self._total_bucket = _Bucket(float(limits.total_burst), clock())
         self._banned: dict[str, float] = {}
 
     # -- what the socket monitor reports ---------------------------------------------------
@@ -234,22 +246,29 @@ class ConnectionGuard:
             self._unauthenticated[connection.address] += 1
 
     def sweep(self) -> int:
-        """Disconnect connections that did not authenticate in time; return how many."""
+        """Disconnect connections that did not speak or authenticate in time; return how
+        many."""
         now = self._clock()
-        deadline = now - self.limits.greet_within
-        late = [
-            (fd, connection)
-            for fd, connection in self._connections.items()
-            if not connection.authenticated and connection.accepted_at < deadline
-        ]
-        for fd, connection in late:
-            self.stats.refused["greet_timeout"] += 1
+        greet_deadline = now - self.limits.greet_within
+        speak_deadline = now - self.limits.speak_within
+        late = []
+        for fd, connection in self._connections.items():
+            if connection.authenticated:
+                continue
+            if connection.accepted_at < greet_deadline:
+                late.append((fd, connection, "greet_timeout"))
+            elif connection.rid is None and connection.accepted_at < speak_deadline:
+                late.append((fd, connection, "silent"))
+        for fd, connection, reason in late:
+            self.stats.refused[reason] += 1
             self._close(fd, connection)
         for address in [a for a, until in self._banned.items() if until <= now]:
             del self._banned[address]
         if len(self._buckets) > MAX_TRACKED_ADDRESSES // 2:
-            burst = self.limits.burst
-            full = [a for a, b in self._buckets.items() if self._refill(b, now) >= burst]
+            rate, burst = self.limits.rate, self.limits.burst
+            full = [
+                a for a, b in self._buckets.items() if self._refill(b, now, rate, burst) >= burst
+            ]
             for address in full:
                 del self._buckets[address]
         return len(late)
@@ -266,30 +285,30 @@ class ConnectionGuard:
             until = self._banned.get(address)
             if until is not None and until > now:
                 return "banned"
-            if not self._take_token(address, now):
+            if not self._take_token(address, now, self.limits.rate, self.limits.burst):
                 return "rate"
             if self._unauthenticated[address] >= self.limits.per_address:
                 return "per_address"
         if self.waiting >= self.limits.total:
             return "total"
+        if not self._take_token(ALL, now, self.limits.total_rate, self.limits.total_burst):
+            return "total_rate"
         return None
 
-    def _take_token(self, address: str, now: float) -> bool:
-        bucket = self._buckets.get(address)
+    def _take_token(self, address: str, now: float, rate: float, burst: int) -> bool:
+        bucket = self._total_bucket if address == ALL else self._buckets.get(address)
         if bucket is None:
             if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
                 self._buckets.pop(next(iter(self._buckets)))
-            bucket = self._buckets[address] = _Bucket(float(self.limits.burst), now)
-        tokens = self._refill(bucket, now)
+            bucket = self._buckets[address] = _Bucket(float(burst), now)
+        tokens = self._refill(bucket, now, rate, burst)
         if tokens < 1.0:
             return False
         bucket.tokens = tokens - 1.0
         return True
 
-    def _refill(self, bucket: _Bucket, now: float) -> float:
-        bucket.tokens = min(
-            float(self.limits.burst), bucket.tokens + (now - bucket.updated) * self.limits.rate
-        )
+    def _refill(self, bucket: _Bucket, now: float, rate: float, burst: int) -> float:
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         return bucket.tokens
 

@@ -581,7 +581,7 @@ def test_broker_connection_limits_come_from_the_values(
     helm: Path, which: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """broker.connections.* reach the broker as the limits its command line builds."""
-    from rexec_broker.command import make_parser
+    from rexec_broker.command import connection_limits, make_parser
     from rexec_broker.connections import ConnectionLimits
 
     broker = container(find(render(helm, VALUE_SETS[which][0]), "Deployment", "rexec-broker"))
@@ -590,26 +590,19 @@ def test_broker_connection_limits_come_from_the_values(
             monkeypatch.delenv(name)
     for name, value in env_of(broker).items():
         monkeypatch.setenv(name, value)
-    args = make_parser("rexec broker").parse_args(broker["args"])
-    limits = ConnectionLimits(
-        per_address=args.max_pending_per_address,
-        total=args.max_pending,
-        rate=args.connection_rate,
-        burst=args.connection_burst,
-        greet_within=args.greet_within,
-    )
+    limits = connection_limits(make_parser("rexec broker").parse_args(broker["args"]))
     limits.check()
     if which == "full":
-        assert (limits.greet_within, limits.per_address, limits.total) == (5.5, 32, 1024)
-        assert (limits.rate, limits.burst) == (16.5, 64)
-    else:  # the chart's defaults are the broker's own
-        defaults = ConnectionLimits()
-        assert (limits.greet_within, limits.per_address, limits.total) == (
-            defaults.greet_within,
-            defaults.per_address,
-            defaults.total,
+        assert (limits.speak_within, limits.greet_within) == (2.5, 5.5)
+        assert (limits.per_address, limits.total) == (32, 1024)
+        assert (limits.rate, limits.burst, limits.total_rate, limits.total_burst) == (
+            16.5,
+            64,
+            512.5,
+            2048,
         )
-        assert (limits.rate, limits.burst) == (defaults.rate, defaults.burst)
+    else:  # the chart's defaults are the broker's own
+        assert limits == ConnectionLimits()
 
 
 # --- secrets -----------------------------------------------------------------------------------

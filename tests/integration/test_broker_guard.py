@@ -120,8 +120,23 @@ def test_silent_connections_are_closed_once_the_greeting_deadline_passes(broker)
         sock.close()
 
 
+def test_a_connection_that_says_nothing_goes_sooner_than_one_that_talks(broker):
+    target = broker("--speak-within", "1", "--greet-within", "6")
+    silent = silent_tcp(target.frontend, ATTACKER)
+    talking = target.dealer(target.frontend, source=ATTACKER)
+    monitor = talking.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    talking.send_multipart(p.make_ping())  # not a hello: it never authenticates
+    assert closed_by_peer(silent, 4)
+    assert not monitor.poll(2000)  # the talking one is still there ...
+    assert monitor.poll(8000)  # ... until the greeting deadline
+    monitor.close(0)
+    silent.close()
+
+
 def test_one_address_cannot_hold_more_than_its_share_of_unauthenticated_connections(broker):
-    target = broker("--max-pending-per-address", "8", "--greet-within", "30")
+    target = broker(
+        "--max-pending-per-address", "8", "--greet-within", "30", "--speak-within", "30"
+    )
     token = target.add_user("alice")
     silent = [silent_tcp(target.frontend, ATTACKER) for _ in range(20)]
     closed = sum(closed_by_peer(sock, 1.0) for sock in silent)
@@ -132,7 +147,16 @@ def test_one_address_cannot_hold_more_than_its_share_of_unauthenticated_connecti
 
 
 def test_new_connections_per_address_are_rate_limited(broker):
-    target = broker("--connection-rate", "2", "--connection-burst", "5", "--greet-within", "30")
+    target = broker(
+        "--connection-rate",
+        "2",
+        "--connection-burst",
+        "5",
+        "--greet-within",
+        "30",
+        "--speak-within",
+        "30",
+    )
     token = target.add_user("alice")
     flood = [silent_tcp(target.frontend, ATTACKER) for _ in range(15)]
     closed = sum(closed_by_peer(sock, 1.0) for sock in flood)

@@ -76,25 +76,37 @@ def test_a_chosen_id_is_shut_down_and_its_address_banned():
     assert 8 not in net.shut  # the ban ended
 
 
-def test_connections_that_do_not_authenticate_in_time_are_closed():
+def test_connections_that_do_not_speak_or_authenticate_in_time_are_closed():
     net = Net()
-    guard = net.guard(greet_within=10)
+    guard = net.guard(speak_within=3, greet_within=10)
     for fd in (3, 4, 5):
         net.connect(fd)
         guard.accepted(fd)
     guard.first_message(rid(1), Frame(3))
     guard.authenticated(rid(1))
     guard.first_message(rid(2), Frame(4))  # spoke, never authenticated
-    net.now += 9
+    net.now += 2
     assert guard.sweep() == 0
     net.now += 2
-    assert guard.sweep() == 2 and sorted(net.shut) == [4, 5]
+    assert guard.sweep() == 1 and net.shut == [5]  # silent
+    assert guard.stats.refused["silent"] == 1
+    net.now += 7
+    assert guard.sweep() == 1 and net.shut == [5, 4]  # spoke, but never authenticated
     assert guard.waiting == 0 and rid(2) not in guard.known and rid(1) in guard.known
+
+
+def test_new_connections_from_all_addresses_share_a_bucket():
+    net = Net()
+    guard = net.guard(total_rate=1.0, total_burst=3, per_address=100)
+    for fd in range(1, 6):
+        net.connect(fd, f"10.0.0.{fd}")
+        guard.accepted(fd)
+    assert net.shut == [4, 5] and guard.stats.refused["total_rate"] == 2
 
 
 def test_a_revoked_session_must_authenticate_again_in_time():
     net = Net()
-    guard = net.guard(greet_within=10)
+    guard = net.guard(speak_within=3, greet_within=10)
     net.connect(3)
     guard.accepted(3)
     guard.first_message(rid(1), Frame(3))
