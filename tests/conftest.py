@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +13,7 @@ import pytest
 from rexec.auth import AuthSettings, create_static_token, make_validator
 from rexec.credentials import create_key_file, make_worker_credential, write_secret_file
 from rexec.profile import Profile
+from tests.support.workers import WorkerProcess, spawn_worker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,22 +46,6 @@ def isolated_home(
     ):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-@dataclass
-class WorkerProcess:
-    proc: subprocess.Popen[bytes]
-    status_file: Path
-    log_file: Path
-
-    def status(self) -> dict[str, object]:
-        try:
-            return dict(json.loads(self.status_file.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
 
 @dataclass
@@ -123,42 +104,16 @@ class BrokerStack:
     def start_worker(
         self, user: str, name: str = "default", credential: str | None = None, wait: bool = True
     ) -> WorkerProcess:
-        index = len(self.workers)
-        cred_file = self.directory / f"worker-{index}.cred"
-        write_secret_file(cred_file, (credential or self.credential(user, name)).encode())
-        status_file = self.directory / f"worker-{index}.json"
-        log_file = self.directory / f"worker-{index}.log"
-        env = {**os.environ, "REXEC_WORKER_CREDENTIAL_FILE": str(cred_file)}
-        if self.curve_public:
-            env["REXEC_BROKER_PUBLIC_KEY"] = self.curve_public
-        with open(log_file, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rexec",
-                    "worker",
-                    "--broker",
-                    self.backend,
-                    "--status-file",
-                    str(status_file),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        worker = WorkerProcess(proc, status_file, log_file)
+        worker = spawn_worker(
+            self.directory,
+            len(self.workers),
+            self.backend,
+            credential or self.credential(user, name),
+            self.curve_public,
+        )
         self.workers.append(worker)
         if wait:
-            try:
-                wait_for(
-                    lambda: worker.status().get("state") == "registered" or proc.poll() is not None,
-                    30,
-                    "the worker to register",
-                )
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; worker log:\n{worker.log()}") from None
-            assert proc.poll() is None, worker.log()
+            worker.wait_registered()
         return worker
 
     def profile(self, token: str, worker: str = "default") -> Profile:

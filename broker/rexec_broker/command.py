@@ -24,6 +24,68 @@ from rexec_broker.config import (
 )
 from rexec_broker.connections import ConnectionLimits
 
+# Bounds on connections that have not authenticated yet: (option, ConnectionLimits field, type,
+# environment variable, help).
+CONNECTION_OPTIONS: tuple[tuple[str, str, type[int] | type[float], str, str], ...] = (
+    (
+        "--speak-within",
+        "speak_within",
+        float,
+        "REXEC_BROKER_SPEAK_WITHIN",
+        "seconds a new connection has to send its first message (its handshake included)",
+    ),
+    (
+        "--greet-within",
+        "greet_within",
+        float,
+        "REXEC_BROKER_GREET_WITHIN",
+        "seconds a new connection has to authenticate before it is closed",
+    ),
+    (
+        "--max-pending-per-address",
+        "per_address",
+        int,
+        "REXEC_BROKER_MAX_PENDING_PER_ADDRESS",
+        "unauthenticated connections one IP address may hold, per port",
+    ),
+    (
+        "--max-pending",
+        "total",
+        int,
+        "REXEC_BROKER_MAX_PENDING",
+        "unauthenticated connections in all, per port",
+    ),
+    (
+        "--connection-rate",
+        "rate",
+        float,
+        "REXEC_BROKER_CONNECTION_RATE",
+        "new connections per second one IP address may open after a burst of --connection-burst",
+    ),
+    (
+        "--connection-burst",
+        "burst",
+        int,
+        "REXEC_BROKER_CONNECTION_BURST",
+        "new connections one IP address may open at once",
+    ),
+    (
+        "--total-connection-rate",
+        "total_rate",
+        float,
+        "REXEC_BROKER_TOTAL_CONNECTION_RATE",
+        "new connections per second from all addresses together, after a burst of "
+        "--total-connection-burst",
+    ),
+    (
+        "--total-connection-burst",
+        "total_burst",
+        int,
+        "REXEC_BROKER_TOTAL_CONNECTION_BURST",
+        "new connections from all addresses at once",
+    ),
+)
+
 
 def _env_number(name: str, default: float) -> float:
     text = os.environ.get(name, "").strip()
@@ -82,61 +144,14 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "on their side [REXEC_MAX_IN_FLIGHT, %(default)s]",
     )
     defaults = ConnectionLimits()
-    parser.add_argument(
-        "--speak-within",
-        type=float,
-        default=_env_number("REXEC_BROKER_SPEAK_WITHIN", defaults.speak_within),
-        help="seconds a new connection has to send its first message (its handshake included) "
-        "before it is closed [REXEC_BROKER_SPEAK_WITHIN, %(default)s]",
-    )
-    parser.add_argument(
-        "--greet-within",
-        type=float,
-        default=_env_number("REXEC_BROKER_GREET_WITHIN", defaults.greet_within),
-        help="seconds a new connection has to authenticate before it is closed "
-        "[REXEC_BROKER_GREET_WITHIN, %(default)s]",
-    )
-    parser.add_argument(
-        "--max-pending-per-address",
-        type=int,
-        default=int(_env_number("REXEC_BROKER_MAX_PENDING_PER_ADDRESS", defaults.per_address)),
-        help="unauthenticated connections one IP address may hold, per port "
-        "[REXEC_BROKER_MAX_PENDING_PER_ADDRESS, %(default)s]",
-    )
-    parser.add_argument(
-        "--max-pending",
-        type=int,
-        default=int(_env_number("REXEC_BROKER_MAX_PENDING", defaults.total)),
-        help="unauthenticated connections in all, per port [REXEC_BROKER_MAX_PENDING, %(default)s]",
-    )
-    parser.add_argument(
-        "--connection-rate",
-        type=float,
-        default=_env_number("REXEC_BROKER_CONNECTION_RATE", defaults.rate),
-        help="new connections per second one IP address may open after a burst of "
-        "--connection-burst [REXEC_BROKER_CONNECTION_RATE, %(default)s]",
-    )
-    parser.add_argument(
-        "--connection-burst",
-        type=int,
-        default=int(_env_number("REXEC_BROKER_CONNECTION_BURST", defaults.burst)),
-        help="new connections one IP address may open at once [REXEC_BROKER_CONNECTION_BURST, "
-        "%(default)s]",
-    )
-    parser.add_argument(
-        "--total-connection-rate",
-        type=float,
-        default=_env_number("REXEC_BROKER_TOTAL_CONNECTION_RATE", defaults.total_rate),
-        help="new connections per second from all addresses together, after a burst of "
-        "--total-connection-burst [REXEC_BROKER_TOTAL_CONNECTION_RATE, %(default)s]",
-    )
-    parser.add_argument(
-        "--total-connection-burst",
-        type=int,
-        default=int(_env_number("REXEC_BROKER_TOTAL_CONNECTION_BURST", defaults.total_burst)),
-        help="new connections from all addresses at once [REXEC_BROKER_TOTAL_CONNECTION_BURST, "
-        "%(default)s]",
-    )
+    for flag, field, kind, variable, help_text in CONNECTION_OPTIONS:
+        parser.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=kind(_env_number(variable, getattr(defaults, field))),
+            help=f"{help_text} [{variable}, %(default)s]",
+        )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     add_auth_arguments(parser)
     return parser
@@ -144,16 +159,7 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
     """The connection limits the parsed command line asks for."""
-    return ConnectionLimits(
-        per_address=args.max_pending_per_address,
-        total=args.max_pending,
-        rate=args.connection_rate,
-        burst=args.connection_burst,
-        total_rate=args.total_connection_rate,
-        total_burst=args.total_connection_burst,
-        speak_within=args.speak_within,
-        greet_within=args.greet_within,
-    )
+    return ConnectionLimits(**{field: getattr(args, field) for _, field, *_ in CONNECTION_OPTIONS})
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -121,23 +121,31 @@ class BrokerActivity:
         self._context.term()
 
 
-def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] | None:
-    """The rows of our reply; None for anything else (probes, other replies)."""
+def _our_reply(
+    frames: list[bytes], request_id: str, reply_type: str, what: str, hint: str = ""
+) -> dict[str, Any] | None:
+    """The header of our ``reply_type`` answer; None for anything else (probes, other replies);
+    ``ActivityUnavailable`` if the broker refused or sent nonsense."""
     try:
         header = p.parse_header(frames[0])
     except (ProtocolError, IndexError) as exc:
-        raise ActivityUnavailable(f"the broker sent a malformed activity reply: {exc}") from None
+        raise ActivityUnavailable(f"the broker sent a malformed {what} reply: {exc}") from None
     if header["t"] == p.REFUSED:
         error = header.get("error") or {}
-        raise ActivityUnavailable(f"the broker refused the activity query: {error.get('message')}")
-    if header["t"] != p.ACTIVITY_REPLY or header.get("id") != request_id:
+        raise ActivityUnavailable(f"the broker refused the {what}: {error.get('message')}")
+    if header["t"] != reply_type or header.get("id") != request_id:
         return None
     if header.get("status") != p.STATUS_OK:
         error = header.get("error") or {}
-        raise ActivityUnavailable(
-            f"the broker refused the activity query ({error.get('message')}); the spawner and "
-            "the broker must share the signing key (REXEC_SIGNING_KEY_FILE)"
-        )
+        raise ActivityUnavailable(f"the broker refused the {what} ({error.get('message')}){hint}")
+    return header
+
+
+def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] | None:
+    """The rows of our activity reply; None for anything else."""
+    hint = "; the spawner and the broker must share the signing key (REXEC_SIGNING_KEY_FILE)"
+    if _our_reply(frames, request_id, p.ACTIVITY_REPLY, "activity query", hint) is None:
+        return None
     try:
         rows = p.parse_json_frame(frames[1])
         return [
@@ -159,16 +167,4 @@ def _parse_reply(frames: list[bytes], request_id: str) -> list[WorkerActivity] |
 
 
 def _parse_revoke_reply(frames: list[bytes], request_id: str) -> bool | None:
-    try:
-        header = p.parse_header(frames[0])
-    except (ProtocolError, IndexError) as exc:
-        raise ActivityUnavailable(f"the broker sent a malformed revocation reply: {exc}") from None
-    if header["t"] == p.REFUSED:
-        error = header.get("error") or {}
-        raise ActivityUnavailable(f"the broker refused the revocation: {error.get('message')}")
-    if header["t"] != p.REVOKE_REPLY or header.get("id") != request_id:
-        return None
-    if header.get("status") != p.STATUS_OK:
-        error = header.get("error") or {}
-        raise ActivityUnavailable(f"the broker refused the revocation: {error.get('message')}")
-    return True
+    return _our_reply(frames, request_id, p.REVOKE_REPLY, "revocation") is not None or None

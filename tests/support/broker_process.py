@@ -6,7 +6,6 @@ test can watch it die (an abort inside libzmq takes the whole process) and read 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -23,6 +22,7 @@ import zmq
 from rexec import protocol as p
 from rexec.auth import create_static_token
 from rexec.credentials import create_key_file, make_worker_credential, write_secret_file
+from tests.support.workers import spawn_worker
 
 _SERVING = re.compile(r"broker serving clients on (\S+), workers on (\S+)")
 START_TIMEOUT = 20.0
@@ -73,41 +73,12 @@ class BrokerProcess:
 
     def start_worker(self, user: str, name: str = "default") -> subprocess.Popen[bytes]:
         """A real worker process of ``user``, registered before this returns."""
-        index = len(self.workers)
-        cred = self.directory / f"worker-{index}.cred"
-        write_secret_file(cred, self.credential(user, name).encode())
-        status = self.directory / f"worker-{index}.json"
-        log = open(self.directory / f"worker-{index}.log", "wb")  # noqa: SIM115 - the child's
-        try:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rexec",
-                    "worker",
-                    "--broker",
-                    self.backend,
-                    "--status-file",
-                    str(status),
-                ],
-                env={**os.environ, "REXEC_WORKER_CREDENTIAL_FILE": str(cred)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        finally:
-            log.close()
-        self.workers.append(proc)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                if json.loads(status.read_text()).get("state") == "registered":
-                    return proc
-            except (OSError, ValueError):
-                pass
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"the worker did not register:\n{self.log()}")
+        worker = spawn_worker(
+            self.directory, len(self.workers), self.backend, self.credential(user, name)
+        )
+        self.workers.append(worker.proc)
+        worker.wait_registered()
+        return worker.proc
 
     def stop(self) -> None:
         for sock in self.sockets:
